@@ -1,0 +1,3 @@
+from oomguard.cli.main import main
+
+main()

@@ -1,0 +1,81 @@
+"""The one error tree and the one exit-code enum.
+
+Every error a user can cause is an `OomguardError` carrying a message that names the thing (a
+field path, a file, a cgroup) and a `hint` that says how to fix it. Only the CLI turns these into
+output and an exit status; nothing else calls sys.exit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0
+    #: `check`: oomguard can only run degraded. Elsewhere: a runtime failure.
+    DEGRADED = 1
+    FAILURE = 1
+    #: Bad config or usage; `check`: oomguard cannot run at all.
+    USAGE = 2
+    CANNOT_RUN = 2
+    #: The shell convention for "killed by SIGKILL" (128 + 9): what `exec` returns after an OOM kill.
+    OOM_KILLED = 137
+
+
+class OomguardError(Exception):
+    """Base of every error oomguard raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.FAILURE
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}; {self.hint}"
+        return self.message
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One config problem: `path` is dotted (e.g. ``service.backup.memory_max``)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ConfigError(OomguardError):
+    """A config file or override is wrong. Carries every problem found, not just the first."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, problems: list[Problem], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        head = f"{source}: " if source else ""
+        super().__init__(head + "; ".join(str(p) for p in problems))
+
+
+class UsageError(OomguardError):
+    """A command line that cannot work (bad option value, missing file)."""
+
+    exit_code = ExitCode.USAGE
+
+
+class CgroupError(OomguardError):
+    """A cgroupfs operation failed in a way the caller did not expect."""
+
+
+class Vanished(CgroupError):
+    """The cgroup (or process) is gone. Callers treat this as an expected outcome, not a crash:
+    a slice can be removed from outside, and a process can exit between two reads."""
+
+
+class LaunchError(OomguardError):
+    """A service could not be started (missing binary, unknown user, bad cwd)."""

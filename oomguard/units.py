@@ -1,0 +1,76 @@
+"""Sizes and durations: parsed once at the edge, formatted for humans. Pure, no imports of note.
+
+Sizes follow the kernel's and systemd's convention: K, M, G, T are powers of 1024 (``512M`` is
+what ``echo 512M > memory.max`` means). ``Ki``/``Mi``/``Gi``/``Ti`` are accepted as the same, and
+``max`` means "no limit" and is returned as ``None``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?)?[Bb]?\s*$", re.IGNORECASE)
+_MULT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
+_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$")
+_DUR_MULT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+#: The kernel's "max" as it is written to and read from limit files.
+MAX = "max"
+
+
+def parse_size(value: str | int) -> int | None:
+    """``"512M"`` -> 536870912, ``"max"`` -> None, ``4096`` -> 4096. Raises ValueError."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size; use e.g. 512M")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError(f"{value} is negative; a size is bytes >= 0, or e.g. 512M")
+        return value
+    if value.strip().lower() in ("max", "infinity"):
+        return None
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a size; use e.g. 512M, 1.5G, 64Ki, max or plain bytes")
+    number, unit = m.group(1), (m.group(2) or "")
+    mult = _MULT[unit[:1].upper()]
+    result = float(number) * mult
+    if not math.isfinite(result) or result >= 2**63:
+        raise ValueError(f"{value!r} is too large")
+    # The kernel rounds limits down to a page anyway; keep bytes exact for what the user wrote.
+    return int(result)
+
+
+def format_size(value: int | None) -> str:
+    """536870912 -> ``"512M"``; None -> ``"max"``. Exact when the value is a whole unit, else 1 decimal."""
+    if value is None:
+        return MAX
+    for unit in ("T", "G", "M", "K"):
+        mult = _MULT[unit]
+        if value >= mult:
+            if value % mult == 0:
+                return f"{value // mult}{unit}"
+            return f"{value / mult:.1f}{unit}"
+    return str(value)
+
+
+def parse_duration(value: str | int | float) -> float:
+    """``"100ms"`` -> 0.1, ``"30s"`` -> 30.0, ``"5m"`` -> 300.0, ``2`` -> 2.0 (seconds)."""
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a duration; use e.g. 100ms, 30s or 5m")
+    if isinstance(value, int | float):
+        if value < 0 or not math.isfinite(value):
+            raise ValueError(f"{value!r} is not a duration >= 0")
+        return float(value)
+    m = _DUR_RE.match(value)
+    if not m:
+        raise ValueError(f"{value!r} is not a duration; use e.g. 100ms, 30s or 5m")
+    return float(m.group(1)) * _DUR_MULT[m.group(2)]
+
+
+def format_duration(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 120:
+        return f"{seconds:.3g}s" if seconds != int(seconds) else f"{int(seconds)}s"
+    return f"{seconds / 60:.3g}m"
