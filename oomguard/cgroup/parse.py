@@ -1,0 +1,176 @@
+"""Parsers for cgroup v2 interface files. Pure: text in, values out; no I/O, no clock.
+
+Formats (Documentation/admin-guide/cgroup-v2.rst, "Interface Files" and "Format"):
+
+- flat keyed, one ``key value`` per line: memory.events, memory.events.local, memory.stat,
+  memory.swap.events, cgroup.events, cgroup.stat, pids.events. Unknown keys are kept: the
+  kernel adds keys over time (``oom_group_kill`` in 5.17, ``sock_throttled`` in 6.x), and a
+  reader that dropped them could not diff them.
+- single value: memory.current, memory.peak, memory.min ... ``"max"`` means no limit (None).
+- newline separated: cgroup.procs, cgroup.threads.
+- space separated: cgroup.controllers, cgroup.subtree_control.
+- PSI (memory.pressure, cpu.pressure, io.pressure)::
+
+      some avg10=0.00 avg60=0.00 avg300=0.00 total=0
+      full avg10=0.00 avg60=0.00 avg300=0.00 total=0
+
+  ``full`` may be absent (cpu.pressure before 5.13 has only ``some``).
+
+Every parser is strict about content and tolerant about layout: blank lines and trailing
+whitespace are ignored; a malformed line raises `CgroupParseError` quoting the line (and the
+source file when the caller names it).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from oomguard.errors import CgroupError
+
+# [0-9], not \d: \d also matches non-ASCII digits, which int() would then accept.
+_INT_RE = re.compile(r"-?[0-9]+\Z")
+_PID_RE = re.compile(r"[0-9]+\Z")
+_CONTROLLER_RE = re.compile(r"[a-z_][a-z0-9_]*\Z")
+
+
+class CgroupParseError(CgroupError, ValueError):
+    """A cgroup interface file did not have the format the kernel documents."""
+
+
+def _err(source: str, what: str) -> CgroupParseError:
+    where = f"{source}: " if source else ""
+    return CgroupParseError(
+        f"{where}{what}",
+        "this kernel's cgroup file format is unexpected; please report it with `uname -r`",
+    )
+
+
+def _to_int(token: str, source: str, line: str) -> int:
+    # Values in flat-keyed files are unsigned in the kernel, but per-cpu stat drift has been
+    # seen to print transiently negative numbers in memory.stat; accept a sign rather than crash
+    # the monitor on a counter nobody acts on.
+    if not _INT_RE.match(token):
+        raise _err(source, f"{token!r} is not an integer in line {line!r}")
+    return int(token)
+
+
+def _lines(text: str) -> list[str]:
+    return [ln.strip() for ln in text.splitlines() if ln.strip()]
+
+
+def parse_flat_keyed(text: str, source: str = "") -> dict[str, int]:
+    """``"oom 1\\noom_kill 2\\n"`` -> ``{"oom": 1, "oom_kill": 2}``; keeps unknown keys."""
+    out: dict[str, int] = {}
+    for line in _lines(text):
+        fields = line.split()
+        if len(fields) != 2:
+            raise _err(source, f"expected 'key value', got {line!r}")
+        key, value = fields
+        if key in out:
+            raise _err(source, f"duplicate key {key!r}")
+        out[key] = _to_int(value, source, line)
+    return out
+
+
+def parse_int(text: str, source: str = "") -> int:
+    """A single integer (memory.current, memory.peak, pids.current); surrounding space ignored."""
+    value = text.strip()
+    if not _INT_RE.match(value):
+        raise _err(source, f"expected an integer, got {text!r}")
+    return int(value)
+
+
+def parse_limit(text: str, source: str = "") -> int | None:
+    """memory.max/high/low/min, memory.swap.max, pids.max: ``"max"`` -> None, else bytes >= 0."""
+    value = text.strip()
+    if value == "max":
+        return None
+    result = parse_int(value, source)
+    if result < 0:
+        raise _err(source, f"negative limit {text!r}")
+    return result
+
+
+def parse_procs(text: str, source: str = "") -> list[int]:
+    """cgroup.procs: one pid per line, in the kernel's order (not sorted, may repeat briefly)."""
+    pids: list[int] = []
+    for line in _lines(text):
+        if not _PID_RE.match(line) or int(line) <= 0:
+            raise _err(source, f"{line!r} is not a pid")
+        pids.append(int(line))
+    return pids
+
+
+def parse_controllers(text: str, source: str = "") -> frozenset[str]:
+    """cgroup.controllers / cgroup.subtree_control: ``"cpu io memory pids"``; empty -> empty set."""
+    names = text.split()
+    for name in names:
+        if not _CONTROLLER_RE.match(name):
+            raise _err(source, f"{name!r} is not a controller name")
+    return frozenset(names)
+
+
+@dataclass(frozen=True, slots=True)
+class PsiLine:
+    """One PSI line. avgN are percentages of wall time stalled over N seconds; total_us is the
+    cumulative stall time in microseconds (monotonic; diff it for an exact rate)."""
+
+    avg10: float
+    avg60: float
+    avg300: float
+    total_us: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pressure:
+    """``some``: at least one task stalled; ``full``: all non-idle tasks stalled at once."""
+
+    some: PsiLine
+    full: PsiLine | None
+
+
+_PSI_KEYS = ("avg10", "avg60", "avg300", "total")
+
+
+def _parse_psi_line(fields: list[str], source: str, line: str) -> PsiLine:
+    values: dict[str, str] = {}
+    for field in fields:
+        key, sep, value = field.partition("=")
+        if not sep or not key or key in values:
+            raise _err(source, f"bad PSI field {field!r} in line {line!r}")
+        values[key] = value
+    missing = [k for k in _PSI_KEYS if k not in values]
+    if missing:
+        raise _err(source, f"PSI line {line!r} lacks {', '.join(missing)}")
+    avgs: list[float] = []
+    for key in _PSI_KEYS[:3]:
+        try:
+            avg = float(values[key])
+        except ValueError:
+            raise _err(source, f"{key}={values[key]!r} is not a number in {line!r}") from None
+        # The kernel clamps samples to the period, so avgs stay within 0..100; only reject what
+        # cannot be a percentage at all (negative, nan, inf) and let rounding noise through.
+        if not 0.0 <= avg < float("inf"):
+            raise _err(source, f"{key}={values[key]} is not a percentage in {line!r}")
+        avgs.append(avg)
+    total = _to_int(values["total"], source, line)
+    if total < 0:
+        raise _err(source, f"negative total in {line!r}")
+    return PsiLine(avg10=avgs[0], avg60=avgs[1], avg300=avgs[2], total_us=total)
+
+
+def parse_pressure(text: str, source: str = "") -> Pressure:
+    """memory.pressure / cpu.pressure / io.pressure (and /proc/pressure/*). Extra ``key=value``
+    fields are tolerated (future kernels); a missing or repeated ``some``/``full`` is not."""
+    lines: dict[str, PsiLine] = {}
+    for line in _lines(text):
+        kind, *fields = line.split()
+        if kind not in ("some", "full"):
+            raise _err(source, f"expected a 'some' or 'full' PSI line, got {line!r}")
+        if kind in lines:
+            raise _err(source, f"duplicate {kind!r} PSI line")
+        lines[kind] = _parse_psi_line(fields, source, line)
+    if "some" not in lines:
+        raise _err(source, f"no 'some' line in PSI text {text!r}")
+    return Pressure(some=lines["some"], full=lines.get("full"))
