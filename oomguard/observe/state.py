@@ -1,0 +1,247 @@
+"""``<state_dir>/state.json``: the running supervisor's latest view, for ``oomguard status``.
+
+The supervisor rewrites the whole file after every change (a start, an exit, a restart). Format
+(version 1)::
+
+    {"version": 1, "pid": 4242, "pid_start": 912345, "updated_at": 1795732262.4,
+     "root": "/oomguard", "mode": "enforce",
+     "services": {"db": {"state": "RUNNING", "pid": 123, "restarts": 0, "evictions": 0,
+                         "slice": "/oomguard/db", "role": "primary",
+                         "last_exit": {"code": null, "signal": 9, "oom_killed": true},
+                         "started_at": 1795732200.0, "downtime_total": 0.0}}}
+
+``pid_start`` is the writer's start time in clock ticks since boot (field 22 of
+/proc/<pid>/stat). With it, "is the writer alive" survives pid reuse: after a crash, the stale
+file's pid may belong to an unrelated process by the time someone runs ``oomguard status``.
+
+Atomicity without fsync: the new content goes to a temp file in the same directory, then
+os.replace() renames it over state.json. rename(2) is atomic within a filesystem, so a reader
+sees the old file or the new one, never a mix or a prefix. We do not fsync: the state dir is
+normally /run (tmpfs, where fsync is a no-op), and on a disk the file is worthless after a
+reboot anyway (its pid is dead), so paying milliseconds per state change for durability buys
+nothing. The one cost: after a power loss on a disk filesystem the file may be empty or old;
+`read_state` reports that as an error naming the file rather than trusting it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from oomguard.errors import OomguardError
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+#: Where state.json and events.jsonl live unless ``[oomguard] state_dir`` (or
+#: ``--state-dir`` / ``$OOMGUARD_STATE_DIR``) says otherwise.
+DEFAULT_STATE_DIR = Path("/run/oomguard")
+STATE_FILE = "state.json"
+STATE_VERSION = 1
+STATE_DIR_HINT = "set [oomguard] state_dir to a writable directory, e.g. /tmp/oomguard"
+
+
+class LastExit(TypedDict):
+    code: int | None
+    signal: int | None
+    oom_killed: bool
+
+
+class ServiceState(TypedDict, total=False):
+    """One entry of ``services``. All keys are written by the supervisor; readers use ``.get``
+    because an older writer may lack newer keys (``evictions`` was added after ``restarts``)."""
+
+    state: str
+    pid: int | None
+    restarts: int
+    evictions: int
+    slice: str
+    role: Literal["primary", "sidecar"]
+    last_exit: LastExit | None
+    started_at: float | None
+    downtime_total: float
+
+
+class StateDoc(TypedDict):
+    version: int
+    pid: int
+    pid_start: int | None
+    updated_at: float
+    root: str
+    mode: str
+    services: dict[str, ServiceState]
+
+
+def state_path(state_dir: Path) -> Path:
+    return Path(state_dir) / STATE_FILE
+
+
+def ensure_state_dir(state_dir: Path) -> Path:
+    """Create the state dir (and parents) if needed and check we can write there.
+
+    Raises `OomguardError` naming the directory, with the config knob as the fix. This runs at
+    startup, so a wrong path stops oomguard before it touches any cgroup.
+    """
+    state_dir = Path(state_dir)
+    try:
+        state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
+    except FileExistsError as err:
+        raise OomguardError(
+            f"state_dir {state_dir} exists but is not a directory", hint=STATE_DIR_HINT
+        ) from err
+    except OSError as err:
+        raise OomguardError(
+            f"cannot create state_dir {state_dir}: {err.strerror or err}", hint=STATE_DIR_HINT
+        ) from err
+    if not state_dir.is_dir():
+        raise OomguardError(f"state_dir {state_dir} is not a directory", hint=STATE_DIR_HINT)
+    # os.access answers for the real uid, which is what oomguard runs as (it never setuids
+    # itself; only the launcher's children drop privileges).
+    if not os.access(state_dir, os.W_OK | os.X_OK):
+        raise OomguardError(f"state_dir {state_dir} is not writable", hint=STATE_DIR_HINT)
+    return state_dir
+
+
+def proc_start_ticks(pid: int, proc_root: Path = Path("/proc")) -> int | None:
+    """Start time of `pid` in clock ticks since boot, or None if there is no such process."""
+    try:
+        stat = (proc_root / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    # comm (field 2) is in parentheses and may itself contain spaces and ")"; fields after the
+    # *last* ")" are fixed. starttime is field 22, i.e. index 19 counting from field 3.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def make_state(
+    *,
+    root: str,
+    mode: str,
+    services: Mapping[str, ServiceState],
+    updated_at: float,
+    pid: int | None = None,
+) -> StateDoc:
+    """A version-1 document for `write_state`; `pid` defaults to this process."""
+    pid = os.getpid() if pid is None else pid
+    return {
+        "version": STATE_VERSION,
+        "pid": pid,
+        "pid_start": proc_start_ticks(pid),
+        "updated_at": updated_at,
+        "root": root,
+        "mode": mode,
+        "services": {name: svc.copy() for name, svc in services.items()},
+    }
+
+
+def write_state(state_dir: Path, data: Mapping[str, Any]) -> None:
+    """Atomically replace ``<state_dir>/state.json`` with `data` (see module docstring).
+
+    Raises OSError on failure (the caller, the supervisor, decides whether to warn); the
+    previous state.json is then untouched and no temp file is left behind.
+    """
+    state_dir = Path(state_dir)
+    text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    # The temp file must be in the same directory: rename is only atomic within a filesystem.
+    # A dot-name so a glob for *.json never picks up a half-written file.
+    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix="." + STATE_FILE + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; `oomguard status` may run as another user
+        os.replace(tmp, state_dir / STATE_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    """The current state document, or None if there is none (no state dir or no state.json).
+
+    Raises `OomguardError` if the file exists but cannot be used: unreadable, not JSON (a power
+    loss on a disk filesystem, see module docstring), or a version this oomguard does not know.
+    """
+    path = state_path(state_dir)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return None
+    except PermissionError as err:
+        raise OomguardError(
+            f"cannot read {path}: permission denied",
+            hint="run as root or as the user oomguard runs as",
+        ) from err
+    except OSError as err:
+        raise OomguardError(f"cannot read {path}: {err.strerror or err}") from err
+    try:
+        data = json.loads(text)
+    except ValueError as err:
+        raise OomguardError(
+            f"{path} is not valid JSON ({err})",
+            hint="a running oomguard rewrites it on every change; if none is running, delete it",
+        ) from err
+    if not isinstance(data, dict):
+        raise OomguardError(f"{path} does not hold a JSON object", hint="delete it")
+    version = data.get("version")
+    if version != STATE_VERSION:
+        raise OomguardError(
+            f"{path} has format version {version!r}; this oomguard reads version {STATE_VERSION}",
+            hint="use the oomguard binary that matches the running supervisor",
+        )
+    return data
+
+
+def remove_state(state_dir: Path) -> None:
+    """Delete state.json (a clean shutdown may do this); already gone is fine."""
+    with contextlib.suppress(FileNotFoundError):
+        state_path(state_dir).unlink()
+
+
+def pid_alive(pid: int, start_ticks: int | None = None, proc_root: Path = Path("/proc")) -> bool:
+    """True if `pid` exists and, when `start_ticks` is known, is the same process (no reuse)."""
+    if pid <= 0:
+        return False
+    if start_ticks is not None:
+        return proc_start_ticks(pid, proc_root) == start_ticks
+    try:
+        (proc_root / str(pid)).stat()
+    except OSError as err:
+        if err.errno in (errno.ENOENT, errno.ESRCH):
+            return False
+        raise
+    return True
+
+
+def state_writer_alive(state: Mapping[str, Any], proc_root: Path = Path("/proc")) -> bool:
+    """Is the supervisor that wrote `state` still running?
+
+    Caveat for containers: /proc shows this PID namespace. ``kubectl exec``/``docker exec`` join
+    the container's namespace, so the check holds there; from the host it would not.
+    """
+    pid = state.get("pid")
+    start = state.get("pid_start")
+    if not isinstance(pid, int) or isinstance(pid, bool):
+        return False
+    return pid_alive(pid, start if isinstance(start, int) else None, proc_root)
+
+
+def writer_alive(state_dir: Path, proc_root: Path = Path("/proc")) -> bool:
+    """The CLI's "is oomguard running here?": a state.json whose writer is alive.
+    An unusable state.json counts as "not running" (the error is for `read_state` callers)."""
+    try:
+        state = read_state(state_dir)
+    except OomguardError:
+        return False
+    return state is not None and state_writer_alive(state, proc_root)
