@@ -94,10 +94,9 @@ class CgroupPath:
                 "empty cgroup path", "use '/' for the mount root, or e.g. '/oomguard'"
             )
         body = s.removeprefix("/")
-        if body.endswith("/"):
-            body = body[:-1]
         if body == "":
             return cls.ROOT
+        body = body.removesuffix("/")
         try:
             return cls(tuple(body.split("/")))
         except CgroupPathError as err:
