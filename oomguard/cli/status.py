@@ -1,0 +1,332 @@
+"""`oomguard status`: a read-only view of a slice tree, merged with the supervisor's state.json.
+
+It works for any cgroup path (`--root`), with or without a running supervisor, and it must start
+fast: it is what people run in a loop while a database is in trouble. So it imports only what it
+needs: no pydantic, no config, no runtime (a test checks sys.modules). state.json is read here
+with plain json, tolerating missing keys, rather than through the supervisor's writer module.
+
+Root, in order: `--root`; the `root` the running supervisor wrote into state.json;
+`<our own cgroup>/oomguard` (the config-less default tree).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from oomguard.errors import OomguardError, UsageError
+
+if TYPE_CHECKING:
+    from oomguard.cgroup.path import CgroupPath
+    from oomguard.observe.snapshot import SliceSnapshot, TreeSnapshot
+
+DEFAULT_STATE_DIR = "/run/oomguard"
+#: The tree name under our own cgroup when no config names a root (see cgroup/spec.py).
+DEFAULT_TREE = "oomguard"
+#: How many pids a table row lists before "+N".
+MAX_PIDS_SHOWN = 3
+
+
+class StatusError(OomguardError):
+    """status could not find or read what it was asked to show."""
+
+
+def read_state_file(path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(document, problem). A missing file is (None, None): no supervisor has run here. A file
+    that can't be used is (None, why): status still shows the cgroup tree."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except (FileNotFoundError, NotADirectoryError):
+        return None, None
+    except OSError as err:
+        return None, f"cannot read {path}: {err.strerror or err}"
+    try:
+        doc = json.loads(text)
+    except ValueError as err:
+        return None, f"{path} is not valid JSON ({err})"
+    if not isinstance(doc, dict):
+        return None, f"{path} does not hold a JSON object"
+    if not isinstance(doc.get("services", {}), dict):
+        return None, f"{path}: 'services' is not an object"
+    return doc, None
+
+
+def _start_ticks(pid: int) -> int | None:
+    # Field 22 of /proc/<pid>/stat; comm (field 2) may contain spaces and ")", so split after
+    # the last ")". Same rule as the writer uses for "pid_start".
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def writer_running(doc: dict[str, Any]) -> bool | None:
+    """Is the supervisor that wrote `doc` alive? None if the document has no usable pid.
+    pid_start (when present) guards against pid reuse after a crash."""
+    pid = doc.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    ticks = _start_ticks(pid)
+    start = doc.get("pid_start")
+    if isinstance(start, int) and not isinstance(start, bool):
+        return ticks == start
+    return ticks is not None
+
+
+def services_by_slice(doc: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """slice path -> service entry (with its "name"), for entries that name a slice."""
+    out: dict[str, dict[str, Any]] = {}
+    if not doc:
+        return out
+    for name, svc in (doc.get("services") or {}).items():
+        if isinstance(svc, dict) and isinstance(svc.get("slice"), str):
+            out[svc["slice"].rstrip("/") or "/"] = {"name": name, **svc}
+    return out
+
+
+# ----------------------------------------------------------------------------- formatting
+
+
+def _size(v: int | None, present: bool = True) -> str:
+    from oomguard.units import format_size
+
+    return "-" if not present else format_size(v)
+
+
+def _events(ev: dict[str, int] | None) -> str:
+    from oomguard.observe.snapshot import EVENT_KEYS
+
+    return "-" if ev is None else "/".join(str(ev.get(k, 0)) for k in EVENT_KEYS)
+
+
+def _psi(s: SliceSnapshot) -> str:
+    if s.pressure is None:
+        return "-"
+    full = s.pressure.full
+    return f"{s.pressure.some.avg10:.2f}/{'-' if full is None else f'{full.avg10:.2f}'}"
+
+
+def _pids(s: SliceSnapshot) -> str:
+    shown = [f"{p.pid} {p.comm}({p.oom_score_adj:+d})" for p in s.procs[:MAX_PIDS_SHOWN]]
+    more = len(s.procs) - MAX_PIDS_SHOWN
+    return ", ".join(shown) + (f", +{more}" if more > 0 else "") if shown else "-"
+
+
+def _service_cells(svc: dict[str, Any] | None) -> tuple[str, str]:
+    if svc is None:
+        return "-", "-"
+    state = str(svc.get("state") or "?")
+    restarts = svc.get("restarts")
+    return f"{svc['name']}:{state}", "-" if restarts is None else str(restarts)
+
+
+@dataclass(frozen=True)
+class View:
+    """Everything one `status` run shows."""
+
+    snap: TreeSnapshot
+    mount: str
+    #: How the root was chosen: "--root", "state.json" or "default".
+    root_from: str
+    state_file: str
+    state: dict[str, Any] | None
+    state_problem: str | None
+
+
+def render(view: View, now: float) -> str:
+    """The human table; `now` (wall clock) only ages the state file's updated_at."""
+    from oomguard.cli._output import render_table
+
+    snap = view.snap
+    by_slice = services_by_slice(view.state)
+    rows: list[list[str]] = []
+    for s in snap.slices:
+        svc_cell, restarts = _service_cells(by_slice.get(str(s.path)))
+        rows.append(
+            [
+                "  " * s.depth + (str(s.path) if s.depth == 0 else s.name),
+                svc_cell,
+                restarts,
+                _size(s.current, s.current is not None),
+                _size(s.peak, s.peak is not None),
+                _size(s.high, s.memory),
+                _size(s.max, s.memory),
+                _psi(s),
+                _events(s.events_local),
+                _events(s.events),
+                _pids(s),
+            ]
+        )
+    head = f"tree {snap.root} (from {view.root_from}) under {view.mount}"
+    lines = [head, _state_line(view, now)]
+    lines.append(
+        render_table(
+            [
+                "SLICE",
+                "SERVICE",
+                "RST",
+                "CURRENT",
+                "PEAK",
+                "HIGH",
+                "MAX",
+                "PSI10 some/full",
+                "EVENTS local",
+                "EVENTS tree",
+                "PIDS (oom_score_adj)",
+            ],
+            rows,
+        )
+    )
+    lines.append("events: low/high/max/oom/oom_kill/oom_group_kill (tree = incl. descendants)")
+    in_tree = {str(s.path) for s in snap.slices}
+    stray = [svc for path, svc in by_slice.items() if path not in in_tree]
+    if stray:
+        lines.append(
+            "services whose slice is not in this tree: "
+            + ", ".join(f"{v['name']}:{v.get('state') or '?'} ({v['slice']})" for v in stray)
+        )
+    return "\n".join(lines)
+
+
+def _state_line(view: View, now: float) -> str:
+    state = view.state
+    if view.state_problem:
+        return f"state: {view.state_problem}"
+    if state is None:
+        return f"state: no {view.state_file} (no supervisor has run with this state dir)"
+    parts = [f"state: {view.state_file}"]
+    pid = state.get("pid")
+    alive = writer_running(state)
+    if alive is not None:
+        parts.append(f"supervisor pid {pid} {'running' if alive else 'NOT running (stale)'}")
+    updated = state.get("updated_at")
+    if isinstance(updated, int | float) and not isinstance(updated, bool):
+        parts.append(f"updated {max(0.0, now - updated):.0f}s ago")
+    return ", ".join(parts)
+
+
+def to_dict(view: View) -> dict[str, Any]:
+    from oomguard.observe.snapshot import slice_to_dict
+
+    state = view.state
+    by_slice = services_by_slice(state)
+    slices = []
+    for s in view.snap.slices:
+        d = slice_to_dict(s)
+        d["service"] = by_slice.get(str(s.path))
+        slices.append(d)
+    in_tree = {str(s.path) for s in view.snap.slices}
+    return {
+        "mount": view.mount,
+        "root": str(view.snap.root),
+        "root_from": view.root_from,
+        "state": {
+            "file": view.state_file,
+            "present": state is not None,
+            "problem": view.state_problem,
+            "supervisor_pid": state.get("pid") if state else None,
+            "supervisor_running": writer_running(state) if state else None,
+            "updated_at": state.get("updated_at") if state else None,
+        },
+        "slices": slices,
+        "services_not_in_tree": [v for p, v in by_slice.items() if p not in in_tree],
+    }
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def resolve_root(
+    root_opt: str | None, mount: str, state: dict[str, Any] | None
+) -> tuple[CgroupPath, str]:
+    """(root, how it was chosen). Raises StatusError naming what was tried and how to fix it."""
+    from oomguard.cgroup.path import CgroupPath
+
+    if root_opt:
+        return CgroupPath.parse(root_opt), "--root"
+    if state and isinstance(state.get("root"), str):
+        return CgroupPath.parse(state["root"]), "state.json"
+    from oomguard.cgroup.discover import own_cgroup
+
+    default = own_cgroup().child(DEFAULT_TREE)
+    if not os.path.isdir(os.path.join(mount, *default.parts)):
+        raise StatusError(
+            f"no oomguard tree at {default} (looked in {os.path.join(mount, *default.parts)}), "
+            f"and no state.json names one",
+            "point at the tree with --root PATH (the [oomguard] root of your config, e.g. "
+            "--root /oomguard), or --state-dir DIR where the supervisor writes state.json",
+        )
+    return default, "default"
+
+
+@click.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print full data as JSON.")
+@click.option(
+    "--root",
+    "root_opt",
+    metavar="PATH",
+    help="Cgroup path of the tree under the cgroup2 mount, e.g. /oomguard "
+    "(default: the running supervisor's, else <own cgroup>/oomguard).",
+)
+@click.option(
+    "--state-dir",
+    metavar="DIR",
+    default=DEFAULT_STATE_DIR,
+    show_default=True,
+    envvar="OOMGUARD_STATE_DIR",
+    help="Where the supervisor writes state.json.",
+)
+@click.option(
+    "--mount",
+    metavar="DIR",
+    envvar="OOMGUARD_CGROUP_MOUNT",
+    hidden=True,
+    help="cgroup2 mount to read instead of the discovered one (tests, benchmarks).",
+)
+def command(as_json: bool, root_opt: str | None, state_dir: str, mount: str | None) -> int:
+    """Show the slice tree: memory, events, PSI, pids (read-only)."""
+    if mount is None:
+        from oomguard.cgroup.discover import find_cgroup2_mount
+
+        found = find_cgroup2_mount()
+        if found is None:
+            raise UsageError(
+                "no cgroup2 mount found in /proc/self/mountinfo",
+                "this host has no cgroup v2; run `oomguard check` for how to enable it",
+            )
+        mount = str(found)
+    elif not os.path.isdir(mount):
+        raise UsageError(f"--mount {mount} is not a directory", "pass the cgroup2 mount point")
+    state_file = os.path.join(state_dir, "state.json")
+    state, problem = read_state_file(state_file)
+    root, root_from = resolve_root(root_opt, mount, state)
+
+    from oomguard.cgroup.fs import CgroupFS
+    from oomguard.observe.snapshot import take_snapshot
+
+    fs = CgroupFS(mount)
+    if not fs.exists(root):
+        raise StatusError(
+            f"cgroup {root} does not exist under {mount}",
+            "check the path (it is relative to the cgroup2 mount, e.g. /oomguard), or start "
+            "the supervisor first",
+        )
+    view = View(take_snapshot(fs, root), mount, root_from, state_file, state, problem)
+    if as_json:
+        click.echo(json.dumps(to_dict(view), indent=2))
+    else:
+        import time
+
+        click.echo(render(view, time.time()))
+    return 0

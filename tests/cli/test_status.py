@@ -1,0 +1,218 @@
+"""`oomguard status` on a fake cgroup tree: table, JSON, state.json merge, root resolution,
+and the import budget (no pydantic, no config, no runtime)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from click.testing import CliRunner
+
+from oomguard.cgroup.path import CgroupPath
+from oomguard.cli import status
+from tests.observe.test_snapshot import build_tree
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    mount = tmp_path / "cg"
+    build_tree(mount)
+    return mount
+
+
+def write_state(state_dir: Path, doc: dict[str, Any] | str) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    text = doc if isinstance(doc, str) else json.dumps(doc)
+    (state_dir / "state.json").write_text(text)
+
+
+STATE = {
+    "services": {
+        "db": {
+            "state": "RUNNING",
+            "pid": 123,
+            "restarts": 0,
+            "slice": "/oomguard/db",
+            "last_exit": None,
+            "started_at": 1700000000.0,
+        },
+        "backup": {"state": "BACKOFF", "restarts": 3, "slice": "/oomguard/sidecars/backup"},
+        # Tolerated: no slice at all, and a slice outside the tree.
+        "nameless": {"state": "FATAL"},
+        "elsewhere": {"state": "STOPPED", "slice": "/other/x"},
+    },
+    "updated_at": 1700000100.0,
+}
+
+
+def run(args: list[str]) -> tuple[int, str]:
+    res = CliRunner().invoke(status.command, args, standalone_mode=False)
+    if res.exception is not None:
+        raise res.exception
+    assert isinstance(res.return_value, int)
+    return res.return_value, res.output
+
+
+def test_table_shows_every_slice_and_figure(tree: Path, tmp_path: Path) -> None:
+    write_state(tmp_path / "state", STATE)
+    rc, out = run(
+        ["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path / "state")]
+    )
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0] == f"tree /oomguard (from --root) under {tree}"
+    assert "updated" in lines[1]
+    header = lines[2]
+    for col in ("SLICE", "CURRENT", "PEAK", "HIGH", "MAX", "PSI10", "EVENTS local", "PIDS"):
+        assert col in header
+    rows = {line.split()[0]: line for line in lines[3:8]}
+    assert set(rows) == {"/oomguard", "db", "sidecars", "backup", "supervisor"}
+    db = rows["db"].split()
+    assert db[:7] == ["db", "db:RUNNING", "0", "200M", "0", "600M", "700M"]
+    assert "1.50/0.75" in rows["db"]
+    assert f"{os.getpid()} " in rows["db"]  # our pid, with comm and (adj)
+    backup = rows["backup"]
+    assert backup.startswith("    backup")  # indented by depth
+    assert "backup:BACKOFF  3" in backup
+    assert "0/0/0/1/1/0" in backup and "0/4/0/1/1/0" in backup  # local, tree
+    assert rows["/oomguard"].split()[5:7] == ["max", "1G"]
+    assert "elsewhere:STOPPED (/other/x)" in out
+
+
+def test_json_carries_full_data_and_merged_state(tree: Path, tmp_path: Path) -> None:
+    write_state(tmp_path / "s", STATE)
+    rc, out = run(
+        ["--json", "--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path / "s")]
+    )
+    assert rc == 0
+    data = json.loads(out)
+    assert data["root"] == "/oomguard" and data["mount"] == str(tree)
+    by_path = {s["path"]: s for s in data["slices"]}
+    db = by_path["/oomguard/db"]
+    assert db["service"]["name"] == "db" and db["service"]["state"] == "RUNNING"
+    assert db["service"]["pid"] == 123
+    assert db["high"] == 600 << 20 and db["max"] == 700 << 20 and db["current"] == 200 << 20
+    assert db["events_local"]["oom_kill"] == 0
+    assert db["pressure"]["some"]["avg10"] == 1.5
+    assert [p["pid"] for p in db["procs"]] == [os.getpid()]
+    assert by_path["/oomguard/supervisor"]["service"] is None
+    assert by_path["/oomguard/sidecars/backup"]["events"]["high"] == 4
+    assert data["services_not_in_tree"] == [
+        {"name": "elsewhere", "state": "STOPPED", "slice": "/other/x"}
+    ]
+    assert data["state"]["present"] is True and data["state"]["problem"] is None
+    # No "pid" at top level: whether the writer runs is unknown, not false.
+    assert data["state"]["supervisor_running"] is None
+
+
+def test_root_defaults_to_the_one_in_state_json(tree: Path, tmp_path: Path) -> None:
+    write_state(tmp_path / "s", {"root": "/oomguard/sidecars", "services": {}})
+    rc, out = run(["--json", "--mount", str(tree), "--state-dir", str(tmp_path / "s")])
+    assert rc == 0
+    data = json.loads(out)
+    assert data["root_from"] == "state.json"
+    assert [s["path"] for s in data["slices"]] == [
+        "/oomguard/sidecars",
+        "/oomguard/sidecars/backup",
+    ]
+    assert data["slices"][1]["depth"] == 1
+
+
+def test_root_defaults_to_own_cgroup_tree(
+    tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import oomguard.cgroup.discover as dsc
+
+    monkeypatch.setattr(dsc, "own_cgroup", lambda: CgroupPath.parse("/"))
+    rc, out = run(["--mount", str(tree), "--state-dir", str(tmp_path / "none")])
+    assert rc == 0
+    assert out.startswith(f"tree /oomguard (from default) under {tree}")
+    monkeypatch.setattr(dsc, "own_cgroup", lambda: CgroupPath.parse("/oomguard/db"))
+    with pytest.raises(status.StatusError) as exc:
+        run(["--mount", str(tree), "--state-dir", str(tmp_path / "none")])
+    assert "no oomguard tree at /oomguard/db/oomguard" in exc.value.message
+    assert exc.value.hint is not None and "--root" in exc.value.hint
+
+
+def test_missing_root_names_it(tree: Path, tmp_path: Path) -> None:
+    with pytest.raises(status.StatusError) as exc:
+        run(["--mount", str(tree), "--root", "/nope", "--state-dir", str(tmp_path)])
+    assert "cgroup /nope does not exist under" in exc.value.message
+
+
+def test_bad_root_path_is_refused(tree: Path, tmp_path: Path) -> None:
+    from oomguard.errors import OomguardError
+
+    with pytest.raises(OomguardError):
+        run(["--mount", str(tree), "--root", "/../etc", "--state-dir", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("{not json", "is not valid JSON"), ("[1, 2]", "does not hold a JSON object")],
+)
+def test_broken_state_json_still_shows_the_tree(
+    tree: Path, tmp_path: Path, text: str, problem: str
+) -> None:
+    write_state(tmp_path / "s", text)
+    rc, out = run(["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path / "s")])
+    assert rc == 0
+    assert problem in out.splitlines()[1]
+    assert "db" in out
+
+
+def test_writer_running_uses_pid_start_against_reuse() -> None:
+    me = os.getpid()
+    ticks = status._start_ticks(me)
+    assert ticks is not None
+    assert status.writer_running({"pid": me, "pid_start": ticks}) is True
+    assert status.writer_running({"pid": me, "pid_start": ticks + 1}) is False  # pid reused
+    assert status.writer_running({"pid": me}) is True
+    assert status.writer_running({"pid": 4194999}) is False
+    assert status.writer_running({"pid": "x"}) is None
+
+
+def test_stale_state_is_flagged(tree: Path, tmp_path: Path) -> None:
+    write_state(tmp_path / "s", {**STATE, "pid": 4194999})
+    _, out = run(["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path / "s")])
+    assert "supervisor pid 4194999 NOT running (stale)" in out
+
+
+def _python_env() -> dict[str, str]:
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def test_status_imports_no_pydantic_config_or_runtime(tree: Path, tmp_path: Path) -> None:
+    """Runs the real entry point in a fresh interpreter and lists what it imported."""
+    probe = (
+        "import atexit, sys\n"
+        "def dump():\n"
+        "    bad = sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'\n"
+        "                 or m.startswith(('oomguard.config', 'oomguard.runtime')))\n"
+        "    sys.stderr.write('BAD=' + ','.join(bad) + '\\n')\n"
+        "atexit.register(dump)\n"
+        "from oomguard.cli.main import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = ["status", "--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        capture_output=True,
+        text=True,
+        env=_python_env(),
+        check=False,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "/oomguard" in proc.stdout
+    assert "BAD=\n" in proc.stderr, proc.stderr
