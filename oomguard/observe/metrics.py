@@ -1,0 +1,415 @@
+"""Optional Prometheus exporter (``pip install 'oomguard[metrics]'``).
+
+``prometheus_client`` is imported only inside `start_metrics`, so a supervisor without metrics
+(and every CLI command) never pays for it. Metric names and meanings are in docs/metrics.md.
+
+Data flow: the supervisor calls ``metrics.publish(snapshot, services)`` after each change. That
+converts everything into one frozen `_Published` value (tuples of plain numbers) and stores it
+with a single attribute assignment. The HTTP thread's collector reads that attribute once per
+scrape. Under the GIL an attribute store is atomic, so a scrape sees the previous publication or
+the new one, never a half-updated mix; no lock is needed, and a slow scraper can never block the
+supervisor. Conversion happens in `publish` (the supervisor's thread), so a malformed snapshot
+fails there, where it can be logged, and not inside a scrape.
+
+We run our own small HTTP server around prometheus_client's public WSGI app instead of
+``start_http_server``: we need the bound port (``:0`` in tests), an IPv6-aware bind, a quiet
+request handler (per-scrape stderr lines would bypass observe/log.py), no reverse-DNS lookup at
+bind time (``HTTPServer.server_bind`` calls getfqdn, which can hang for seconds in a container
+without DNS), and a clean ``close()``.
+"""
+
+from __future__ import annotations
+
+import math
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
+
+from oomguard import __version__
+from oomguard.errors import OomguardError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Mapping, Sequence
+
+#: The supervisor's service states (the names of policy/restart.py's ``State``; a test keeps the
+#: two in step), in the order they are exported. Every service gets a sample for each of these
+#: (value 0 or 1), so ``oomguard_service_state{state="FATAL"} == 1`` alerts work without "absent"
+#: tricks; a state not in this list is exported too when it is current.
+SERVICE_STATES = (
+    "STOPPED",
+    "STARTING",
+    "RUNNING",
+    "BACKOFF",
+    "STOPPING",
+    "EXITED",
+    "FATAL",
+    "EVICTED",
+)
+#: States for which oomguard_service_up is 1: the process runs and has passed its start period.
+UP_STATES = frozenset({"RUNNING"})
+LISTEN_HINT = (
+    "set [oomguard] metrics_listen to host:port, e.g. 127.0.0.1:9150, [::1]:9150 or :9150 "
+    "(all IPv4 interfaces)"
+)
+
+
+# -- what we read from a snapshot (observe/snapshot.py); structural so this module does not
+# -- depend on that one's import graph, and so tests can pass plain objects.
+
+
+class PsiLineLike(Protocol):
+    @property
+    def avg10(self) -> float: ...
+
+
+class PressureLike(Protocol):
+    @property
+    def some(self) -> PsiLineLike: ...
+    @property
+    def full(self) -> PsiLineLike | None: ...
+
+
+class SliceLike(Protocol):
+    @property
+    def path(self) -> object: ...
+    @property
+    def memory(self) -> bool: ...
+    @property
+    def current(self) -> int | None: ...
+    @property
+    def peak(self) -> int | None: ...
+    @property
+    def high(self) -> int | None: ...
+    @property
+    def max(self) -> int | None: ...
+    @property
+    def events(self) -> Mapping[str, int] | None: ...
+    @property
+    def events_local(self) -> Mapping[str, int] | None: ...
+    @property
+    def pressure(self) -> PressureLike | None: ...
+
+
+class SnapshotLike(Protocol):
+    @property
+    def slices(self) -> Sequence[SliceLike]: ...
+
+
+# -- the immutable published form --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SliceRow:
+    slice: str
+    #: False when the memory controller is off for this cgroup: then no memory figure is known
+    #: (a None limit would otherwise read as "max") and none is exported.
+    memory: bool
+    current: float | None
+    peak: float | None
+    high: float
+    max: float
+    events: tuple[tuple[str, int], ...]
+    events_local: tuple[tuple[str, int], ...]
+    some_avg10: float | None
+    full_avg10: float | None
+
+
+@dataclass(frozen=True)
+class _ServiceRow:
+    service: str
+    state: str
+    restarts: int
+    evictions: int
+    primary: bool
+    downtime_total: float
+
+
+@dataclass(frozen=True)
+class _Published:
+    mode: str
+    slices: tuple[_SliceRow, ...] = ()
+    services: tuple[_ServiceRow, ...] = ()
+
+
+def _limit(value: int | None) -> float:
+    # The kernel's "max" (None after parsing) is exported as +Inf rather than dropped: the series
+    # stays continuous when a limit is set or lifted, and current/max is 0, not "no data".
+    return math.inf if value is None else float(value)
+
+
+def _counters(values: Mapping[str, int] | None) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((str(k), int(v)) for k, v in (values or {}).items()))
+
+
+def _slice_row(s: SliceLike) -> _SliceRow:
+    pressure = s.pressure
+    full = pressure.full if pressure is not None else None
+    return _SliceRow(
+        slice=str(s.path),
+        memory=bool(s.memory),
+        current=None if s.current is None else float(s.current),
+        peak=None if s.peak is None else float(s.peak),
+        high=_limit(s.high),
+        max=_limit(s.max),
+        events=_counters(s.events),
+        events_local=_counters(s.events_local),
+        some_avg10=None if pressure is None else float(pressure.some.avg10),
+        full_avg10=None if full is None else float(full.avg10),
+    )
+
+
+def _service_row(name: str, svc: Mapping[str, Any]) -> _ServiceRow:
+    return _ServiceRow(
+        service=name,
+        # state.json writes State names (RUNNING); accept the enum's lowercase values too.
+        state=str(svc.get("state") or "UNKNOWN").upper(),
+        restarts=int(svc.get("restarts") or 0),
+        evictions=int(svc.get("evictions") or 0),
+        primary=svc.get("role") == "primary",
+        downtime_total=float(svc.get("downtime_total") or 0.0),
+    )
+
+
+def publication(
+    snapshot: SnapshotLike | None, services: Mapping[str, Mapping[str, Any]], mode: str
+) -> _Published:
+    """Snapshot + services (state.json's "services" shape) -> the frozen published value."""
+    return _Published(
+        mode=mode,
+        slices=tuple(_slice_row(s) for s in snapshot.slices) if snapshot is not None else (),
+        services=tuple(_service_row(name, svc) for name, svc in services.items()),
+    )
+
+
+# -- the collector -----------------------------------------------------------------------------
+
+
+class _Collector:
+    """Duck-typed prometheus_client collector: ``collect()`` builds fresh families per scrape."""
+
+    def __init__(self, published: _Published, states: Sequence[str]) -> None:
+        self.published = published
+        self.states = tuple(states)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        pub = self.published  # read the reference once: one consistent publication per scrape
+
+        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Any:
+            return GaugeMetricFamily(name, doc, labels=list(labels))
+
+        info = gauge("oomguard_info", "oomguard build and run mode; always 1.", ["version", "mode"])
+        info.add_metric([__version__, pub.mode], 1.0)
+        yield info
+
+        current = gauge("oomguard_memory_current_bytes", "memory.current", ["slice"])
+        peak = gauge("oomguard_memory_peak_bytes", "memory.peak (kernel 5.19+)", ["slice"])
+        high = gauge("oomguard_memory_high_bytes", "memory.high; +Inf = max", ["slice"])
+        limit = gauge("oomguard_memory_max_bytes", "memory.max; +Inf = max", ["slice"])
+        events = CounterMetricFamily(
+            "oomguard_memory_events",
+            "memory.events (hierarchical: includes descendants)",
+            labels=["slice", "event"],
+        )
+        events_local = CounterMetricFamily(
+            "oomguard_memory_events_local",
+            "memory.events.local (this cgroup only)",
+            labels=["slice", "event"],
+        )
+        some = gauge("oomguard_pressure_some_avg10", "memory.pressure some avg10, %", ["slice"])
+        full = gauge("oomguard_pressure_full_avg10", "memory.pressure full avg10, %", ["slice"])
+        for row in pub.slices:
+            lv = [row.slice]
+            if row.some_avg10 is not None:
+                some.add_metric(lv, row.some_avg10)
+            if row.full_avg10 is not None:
+                full.add_metric(lv, row.full_avg10)
+            if not row.memory:
+                continue
+            if row.current is not None:
+                current.add_metric(lv, row.current)
+            if row.peak is not None:
+                peak.add_metric(lv, row.peak)
+            high.add_metric(lv, row.high)
+            limit.add_metric(lv, row.max)
+            for event, count in row.events:
+                events.add_metric([row.slice, event], float(count))
+            for event, count in row.events_local:
+                events_local.add_metric([row.slice, event], float(count))
+        yield from (current, peak, high, limit, events, events_local, some, full)
+
+        restarts = CounterMetricFamily(
+            "oomguard_service_restarts", "Restarts by oomguard", labels=["service"]
+        )
+        evictions = CounterMetricFamily(
+            "oomguard_service_evictions", "Evictions by oomguard", labels=["service"]
+        )
+        state = gauge("oomguard_service_state", "1 for the current state", ["service", "state"])
+        up = gauge("oomguard_service_up", "1 if the service is RUNNING", ["service"])
+        downtime = 0.0
+        for svc in pub.services:
+            restarts.add_metric([svc.service], float(svc.restarts))
+            evictions.add_metric([svc.service], float(svc.evictions))
+            known = self.states if svc.state in self.states else (*self.states, svc.state)
+            for name in known:
+                state.add_metric([svc.service, name], 1.0 if name == svc.state else 0.0)
+            up.add_metric([svc.service], 1.0 if svc.state in UP_STATES else 0.0)
+            if svc.primary:
+                downtime += svc.downtime_total
+        yield from (restarts, evictions, state, up)
+        yield CounterMetricFamily(
+            "oomguard_primary_downtime_seconds",
+            "Seconds the primary was not running since oomguard started",
+            value=downtime,
+        )
+
+
+# -- the HTTP server ---------------------------------------------------------------------------
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+class _Server(socketserver.ThreadingMixIn, WSGIServer):
+    # A scrape must never keep the supervisor from exiting.
+    daemon_threads = True
+
+    def server_bind(self) -> None:
+        # Skip HTTPServer.server_bind's socket.getfqdn() (see module docstring).
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name = str(host)
+        self.server_port = int(port)
+        self.setup_environ()
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9150"``, ``"[::1]:9150"``, ``"localhost:9150"``, ``":9150"`` -> (host, port).
+    An empty host means all IPv4 interfaces (use ``[::]:9150`` for IPv6 too). Pure; raises
+    ValueError (the config model can call this to validate early)."""
+    text = listen.strip()
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or not text[end + 1 :].startswith(":"):
+            raise ValueError(f"metrics listen address {listen!r} is not [ipv6]:port")
+        host, port_text = text[1:end], text[end + 2 :]
+        if not host:
+            raise ValueError(f"metrics listen address {listen!r} has an empty IPv6 host")
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"metrics listen address {listen!r} has no port")
+        if ":" in host:
+            raise ValueError(
+                f"metrics listen address {listen!r}: put an IPv6 host in brackets, e.g. [::1]:9150"
+            )
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"metrics listen address {listen!r}: port must be 0..65535")
+    return host, int(port_text)
+
+
+class Metrics:
+    """A running exporter. `port` is the bound port (useful with ``:0``)."""
+
+    def __init__(
+        self, server: _Server, collector: _Collector, registry: Any, poll_interval: float = 0.5
+    ) -> None:
+        self._server: _Server | None = server
+        self._collector = collector
+        #: The prometheus_client CollectorRegistry (custom, not the global REGISTRY).
+        self.registry = registry
+        self.host = str(server.server_address[0])
+        self.port = int(server.server_address[1])
+        self._thread = threading.Thread(
+            target=server.serve_forever,
+            args=(poll_interval,),
+            name="oomguard-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def publish(
+        self,
+        snapshot: SnapshotLike | None,
+        services: Mapping[str, Mapping[str, Any]],
+        *,
+        mode: str | None = None,
+    ) -> None:
+        """Replace what scrapes see. `services` has state.json's "services" shape."""
+        published = publication(snapshot, services, mode or self._collector.published.mode)
+        # The one shared write: an atomic reference swap (see module docstring).
+        self._collector.published = published
+
+    def close(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()  # stops serve_forever and waits for it
+        server.server_close()
+        self._thread.join()
+
+
+def start_metrics(
+    listen: str,
+    *,
+    mode: str = "enforce",
+    states: Sequence[str] = SERVICE_STATES,
+    poll_interval: float = 0.5,
+) -> Metrics:
+    """Serve /metrics on `listen` ("host:port") from a background thread.
+
+    `poll_interval` is how often the idle server thread wakes to notice `close()`: it bounds how
+    long `close()` takes. Twice a second costs nothing; tests pass a shorter one.
+
+    Raises `OomguardError` if prometheus_client is missing, the address is malformed, or the
+    bind fails (address in use, no such local address, privileged port).
+    """
+    try:
+        from prometheus_client import CollectorRegistry, make_wsgi_app
+    except ImportError as err:
+        raise OomguardError(
+            "metrics are enabled but prometheus_client is not installed",
+            hint="pip install 'oomguard[metrics]', or turn metrics off",
+        ) from err
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as err:
+        raise OomguardError(str(err), hint=LISTEN_HINT) from err
+    try:
+        family, _, _, _, sockaddr = socket.getaddrinfo(
+            host or "0.0.0.0", port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as err:
+        raise OomguardError(
+            f"metrics listen address {listen!r}: cannot resolve {host!r} ({err.strerror})",
+            hint=LISTEN_HINT,
+        ) from err
+
+    collector = _Collector(_Published(mode=mode), states)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)  # prometheus_client's Collector is a Protocol: collect()
+    server_cls = _Server6 if family == socket.AF_INET6 else _Server
+    try:
+        server = server_cls((str(sockaddr[0]), port), _QuietHandler)
+    except OSError as err:
+        raise OomguardError(
+            f"cannot listen on {listen} for metrics: {err.strerror or err}",
+            hint="set [oomguard] metrics_listen to a free local address and port",
+        ) from err
+    server.set_app(make_wsgi_app(registry))
+    return Metrics(server, collector, registry, poll_interval)
