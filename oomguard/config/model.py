@@ -22,6 +22,7 @@ so ``oomguard status`` never pays for it.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import heapq
 import json
@@ -176,20 +177,23 @@ def _sample_interval(value: object) -> float:
     return _duration(value, minimum=1.0)
 
 
-def _int_in(value: object, lo: int, hi: int, what: str) -> int:
+def _int_in(value: object, lo: int, hi: int, rule: str) -> int:
+    """An integer in lo..hi; ``rule`` ends the message, e.g. "criticality is 0..99"."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise _custom("int", f"{show(value)} is not a whole number; {what} is {lo}..{hi}")
+        raise _custom("int", f"{show(value)} is not a whole number; {rule}")
     if not lo <= value <= hi:
-        raise _custom("range", f"{value} is out of range; {what} is {lo}..{hi}")
+        raise _custom("range", f"{value} is out of range; {rule}")
     return value
 
 
 def _criticality(value: object) -> int:
-    return _int_in(value, 0, 99, "criticality (higher = more important)")
+    return _int_in(value, 0, 99, "criticality is 0..99, higher = more important")
 
 
 def _max_restarts(value: object) -> int:
-    return _int_in(value, 1, 1_000_000, 'max_restarts (use restart = "never" for none)')
+    return _int_in(
+        value, 1, 1_000_000, 'max_restarts is at least 1 (restart = "never" for no restarts)'
+    )
 
 
 def _oom_score_adj(value: object) -> int | None:
@@ -202,7 +206,7 @@ def _oom_score_adj(value: object) -> int | None:
             "runaway service would hang its slice instead of dying; use -999 (the lowest "
             "oomguard allows)",
         )
-    return _int_in(value, -999, 1000, "oom_score_adj")
+    return _int_in(value, -999, 1000, "oom_score_adj is -999..1000")
 
 
 def _fraction(value: object) -> float:
@@ -666,8 +670,10 @@ class ServiceConfig(_Budget):
             return data
         if data.get("role", "sidecar") == "primary":
             defaults: dict[str, Any] = {"essential": True, "evictable": False, "oom_group": False}
-            if "memory_high" in data:
-                defaults["watermark"] = data["memory_high"]
+            # The watermark defaults to memory_high. Copy it only when it parses: a bad
+            # memory_high is reported once, at its own path, not again as a bad watermark.
+            with contextlib.suppress(PydanticCustomError):
+                defaults["watermark"] = _limit(data.get("memory_high"))
         else:
             defaults = {"essential": False, "evictable": True, "oom_group": True}
         return {**defaults, **data}
@@ -740,13 +746,14 @@ class Config(_Model):
         return 1000 - 10 * svc.criticality
 
     def start_order(self) -> list[str]:
-        """Dependencies first; among services whose dependencies are up: the primary, then
-        sidecars by descending criticality, then in file order."""
+        """Dependencies first, always. Among services that are ready to start: the primary and
+        what it (transitively) depends on, then sidecars by descending criticality, then file
+        order. The primary is up as early as its dependencies allow: it is what is waited on."""
         index = {name: i for i, name in enumerate(self.service)}
+        first = self._dependency_closure(self.primary_name)
 
         def key(name: str) -> tuple[int, int, int]:
-            svc = self.service[name]
-            return (0 if svc.is_primary else 1, -svc.criticality, index[name])
+            return (0 if name in first else 1, -self.service[name].criticality, index[name])
 
         waiting = {name: set(svc.depends_on) for name, svc in self.service.items()}
         ready = [key(name) for name, deps in waiting.items() if not deps]
@@ -764,6 +771,17 @@ class Config(_Model):
         # The cross-check refused dependency cycles, so every service was reached.
         assert len(order) == len(self.service), "dependency cycle slipped through validation"
         return order
+
+    def _dependency_closure(self, name: str) -> set[str]:
+        """``name`` and everything it depends on, directly or not."""
+        seen = {name}
+        todo = [name]
+        while todo:
+            for dep in self.service[todo.pop()].depends_on:
+                if dep not in seen:
+                    seen.add(dep)
+                    todo.append(dep)
+        return seen
 
     def stop_order(self) -> list[str]:
         """The reverse of start_order: dependents stop before what they depend on."""
@@ -895,9 +913,12 @@ def _message(error: ErrorDetails) -> str:
     if "message" in ctx and isinstance(ctx["message"], str):
         return ctx["message"]  # one of ours (_custom): it already shows the value
     if kind == "literal_error":
-        return (
-            f"{show(value)} is not allowed; use {ctx.get('expected', 'one of the listed values')}"
-        )
+        expected = str(ctx.get("expected", "one of the documented values")).replace("'", '"')
+        return f"{show(value)} is not allowed; use {expected}"
+    if kind in ("bool_type", "bool_parsing"):
+        return f"{show(value)} is not a boolean; use true or false"
+    if kind == "string_type":
+        return f"{show(value)} is not a string"
     msg = error["msg"]
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
@@ -990,8 +1011,10 @@ class _Checker:
         if name in other_known:
             self.add(path, f'"{name}" is a {other}, not a {kind}')
             return False
-        listing = f"; defined: {', '.join(known)}" if known else f"; define [{kind}.{name}]"
-        self.add(path, f'no {kind} named "{name}"{_suggest(name, known)}{listing}')
+        hint = _suggest(name, known)
+        if not hint:
+            hint = f"; defined: {', '.join(known)}" if known else f"; define [{kind}.{name}]"
+        self.add(path, f'no {kind} named "{name}"{hint}')
         return False
 
     def _slice_refs(self) -> None:
