@@ -1,0 +1,77 @@
+"""What `run` and `exec` share: from a validated Config to a running supervisor and an exit code."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+if TYPE_CHECKING:
+    from oomguard.config.model import Config
+    from oomguard.runtime.supervisor import Outcome
+
+LOG_FORMAT = click.option(
+    "--log-format",
+    type=click.Choice(["kv", "json"]),
+    default=None,
+    help="Diagnostics on stderr: key=value lines (default) or JSON lines.",
+)
+INIT = click.option(
+    "--init",
+    is_flag=True,
+    default=False,
+    help="Act as init: become a child subreaper and reap orphans (implied when running as PID 1).",
+)
+STATE_DIR = click.option(
+    "--state-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    envvar="OOMGUARD_STATE_DIR",
+    help="Where state.json and events.jsonl go (overrides [oomguard] state_dir).",
+)
+CGROUP = click.option(
+    "--cgroup",
+    "cgroup_root",
+    default=None,
+    help="Cgroup path of the tree root under the cgroup2 mount (overrides [oomguard] cgroup).",
+)
+
+
+def supervise(config: Config, *, init: bool) -> Outcome:
+    """Build the tree, run the services until shutdown, tear down. Raises OomguardError."""
+    from oomguard.cgroup.fs import CgroupFS
+    from oomguard.observe.log import Logger
+    from oomguard.runtime.supervisor import Supervisor, default_self_cgroup
+
+    mount, own = default_self_cgroup()
+    log = Logger(
+        sys.stderr,
+        config.oomguard.log_format,
+        # journald adds its own timestamps; don't print them twice.
+        timestamps="JOURNAL_STREAM" not in os.environ,
+        context={"prog": "oomguard"},
+    )
+    sup = Supervisor(config, CgroupFS(mount), own, log, init=init)
+    return sup.run()
+
+
+def overrides(
+    *,
+    state_dir: str | None,
+    cgroup_root: str | None,
+    log_format: str | None,
+    mode: str | None = None,
+) -> dict[str, dict[str, str]]:
+    """CLI options become overrides of the same model the TOML file fills (one path)."""
+    section: dict[str, str] = {}
+    if state_dir is not None:
+        section["state_dir"] = os.path.abspath(state_dir)
+    if cgroup_root is not None:
+        section["cgroup"] = cgroup_root
+    if log_format is not None:
+        section["log_format"] = log_format
+    if mode is not None:
+        section["mode"] = mode
+    return {"oomguard": section} if section else {}

@@ -1,0 +1,767 @@
+"""The supervisor: wires event sources -> pure policy -> actions; startup and shutdown order.
+
+One thread, one flat epoll loop (`events.loop.Loop`), no asyncio:
+
+* pidfds of the services' main processes (readable on exit) and SIGCHLD -> `Reaper.reap()`;
+* one inotify fd watching every slice's ``memory.events.local`` (and the root's ``memory.events``):
+  the kernel coalesces and rate-limits these notifications, so every wake-up re-reads and *diffs*
+  the counters; we never count notifications;
+* PSI trigger fds (EPOLLPRI only: the fd is always readable, see `events.psi`), one per budget;
+* the signal queue's wake-up fd: handlers only enqueue, the loop dispatches (uvicorn's rule).
+
+The loop sleeps until the earliest policy deadline (a backoff, start_secs, a stop timeout, a
+pressure sample), or forever when nothing is pending: an idle supervisor makes no wake-ups.
+
+`now` is `time.monotonic()` read once per loop turn and handed to the policy; wall time is used
+only for what humans read (event log, state.json).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from oomguard.cgroup import tree as treemod
+from oomguard.cgroup.spec import SUPERVISOR_LEAF
+from oomguard.errors import CgroupError, LaunchError, OomguardError, Vanished
+from oomguard.events.inotify import InotifyWatcher, WatchEvent
+from oomguard.events.loop import Loop
+from oomguard.events.signals import SignalQueue
+from oomguard.observe.eventlog import EventLog
+from oomguard.observe.state import make_state, write_state
+from oomguard.policy import ranking
+from oomguard.policy import restart as rp
+from oomguard.runtime import launcher
+from oomguard.runtime.reaper import Reaper, become_subreaper
+from oomguard.units import format_size
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from pathlib import Path
+
+    from oomguard.cgroup.fs import CgroupFS
+    from oomguard.cgroup.path import CgroupPath
+    from oomguard.config.model import Config, ServiceConfig
+    from oomguard.observe.log import Logger
+
+#: Counters of memory.events(.local) that we log when they rise.
+_EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
+
+
+@dataclass(eq=False)
+class Service:
+    """Runtime bookkeeping for one service. The policy record is the source of truth for its
+    lifecycle; everything here is about the OS objects that back it."""
+
+    name: str
+    cfg: ServiceConfig
+    params: rp.RestartParams
+    rec: rp.Record
+    cgroup: CgroupPath
+    oom_score_adj: int
+    criticality: int
+    is_primary: bool
+    procs_fd: int = -1
+    child: launcher.Child | None = None
+    #: The slice's memory.events.local oom_kill rose while this incarnation ran.
+    oom_pending: bool = False
+    started_wall: float | None = None
+    evictions: int = 0
+
+
+@dataclass
+class _Shutdown:
+    reason: str
+    status: int | None = None
+    fatal_service: str | None = None
+
+
+@dataclass
+class Outcome:
+    """How `run()` ended, for the CLI to turn into output and an exit status."""
+
+    status: int
+    primary: str
+    primary_exit: rp.ExitInfo | None
+    reason: str
+    fatal_service: str | None = None
+    oom_lines: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    """Runs one config. `run()` returns an `Outcome`; it never calls sys.exit."""
+
+    def __init__(
+        self,
+        config: Config,
+        fs: CgroupFS,
+        self_cgroup: CgroupPath,
+        log: Logger,
+        *,
+        init: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+        stdout_fd: int = 1,
+        stderr_fd: int = 2,
+    ) -> None:
+        self.config = config
+        self.fs = fs
+        self.self_cgroup = self_cgroup
+        self.log = log
+        self.init = init or os.getpid() == 1
+        self.clock = clock
+        self.wall = wall
+        self.stdout_fd = stdout_fd
+        self.stderr_fd = stderr_fd
+        self.primary = config.primary_name
+        self.observe = config.oomguard.mode == "observe"
+        self.services: dict[str, Service] = {}
+        self.by_pid: dict[int, Service] = {}
+        self.built: treemod.BuiltTree | None = None
+        self.loop: Loop[tuple[str, Any]] = Loop()
+        self.inotify: InotifyWatcher[CgroupPath] = InotifyWatcher()
+        self.signals: SignalQueue | None = None
+        self.reaper = Reaper(subreaper=False)
+        self.events: EventLog | None = None
+        self.pump: launcher.OutputPump | None = None
+        #: Last seen memory.events.local counters per cgroup (root, slices, services).
+        self.local: dict[CgroupPath, dict[str, int]] = {}
+        self.shutdown: _Shutdown | None = None
+        self.oom_lines: list[str] = []
+        self.dirty = True
+        self.now = clock()
+        self.hooks: list[Callable[[Supervisor], None]] = []
+
+    # -- setup ------------------------------------------------------------------------------
+
+    def _setup(self) -> None:
+        cfg = self.config
+        # Queue signals before anything can fork: a SIGTERM during startup must not be lost,
+        # and as PID 1 the kernel drops SIGTERM unless a handler is installed.
+        self.signals = SignalQueue()
+        self.loop.add(self.signals.fileno(), select.EPOLLIN, ("signal", None))
+        if self.init:
+            # PID 1 reaps orphans implicitly; elsewhere --init asks to become their reaper.
+            ok = os.getpid() == 1 or become_subreaper()
+            self.reaper = Reaper(subreaper=ok)
+            if not ok:
+                self.log.warn("subreaper", error="prctl(PR_SET_CHILD_SUBREAPER) failed")
+        self.events = EventLog(cfg.oomguard.state_dir, clock_wall=self.wall)
+        # The no-internal-process rule: oomguard moves itself into its own leaf first, then
+        # controllers can be enabled for the slices (see cgroup/tree.py).
+        self.built = treemod.build(self.fs, cfg.tree_spec(), os.getpid(), self.self_cgroup)
+        for warning in self.built.warnings:
+            self.log.warn("tree", detail=warning)
+            self.emit("tree_warning", None, detail=warning)
+        self.emit(
+            "tree",
+            self.built.root,
+            adopted=self.built.adopted,
+            mode=cfg.oomguard.mode,
+            memory_max=format_size(cfg.oomguard.memory_max),
+        )
+        self.log.info(
+            "tree",
+            root=str(self.built.root),
+            adopted=self.built.adopted,
+            services=len(cfg.service),
+            slices=len(cfg.slice),
+            mode=cfg.oomguard.mode,
+        )
+        # Watch memory.events.local of every cgroup we made: `.local` attributes an event to the
+        # cgroup where it happened (oom: where the limit was hit; oom_kill: the victim's cgroup),
+        # whereas memory.events also counts every descendant's.
+        watched = [self.built.root, *self.built.paths.values()]
+        for path in watched:
+            self.local[path] = self._read_local(path)
+            self.inotify.watch(self.fs.file_path(path, "memory.events.local"), path)
+        self.loop.add(self.inotify.fileno(), select.EPOLLIN, ("inotify", None))
+        width = max(len(n) for n in cfg.service)
+        if any(s.log == "prefix" for s in cfg.service.values()):
+            self.pump = launcher.OutputPump(
+                _PumpRegistry(self.loop),
+                width,
+                stdout_fd=self.stdout_fd,
+                stderr_fd=self.stderr_fd,
+            )
+        for name in cfg.start_order():
+            scfg = cfg.service[name]
+            path = self.built.paths[name]
+            svc = Service(
+                name=name,
+                cfg=scfg,
+                params=rp.RestartParams(
+                    restart=scfg.restart,
+                    start_secs=scfg.start_secs,
+                    backoff_initial=scfg.backoff_initial,
+                    backoff_max=scfg.backoff_max,
+                    backoff_reset=scfg.backoff_reset,
+                    max_restarts=scfg.max_restarts,
+                    restart_window=scfg.restart_window,
+                    essential=scfg.essential,
+                    stop_timeout=scfg.stop_timeout,
+                    stop_signal=int(scfg.stop_signal),
+                ),
+                rec=rp.Record(name=name),
+                cgroup=path,
+                oom_score_adj=cfg.oom_score_adj(name),
+                criticality=100 if scfg.is_primary else scfg.criticality,
+                is_primary=scfg.is_primary,
+            )
+            # Opened once, before any fork: the child joins its slice by writing "0" to this fd
+            # between fork and exec, so even its first allocation is charged to the slice.
+            svc.procs_fd = self.fs.open_fd(path, "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            self.services[name] = svc
+        for hook in self.hooks:
+            hook(self)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self) -> Outcome:
+        try:
+            self._setup()
+            self.now = self.clock()
+            for name in self.config.start_order():
+                self.feed(self.services[name], rp.Start())
+            while not self._finished():
+                self._flush_state()
+                timeout = self._timeout()
+                ready = self.loop.poll(timeout)
+                self.now = self.clock()
+                for key, mask in ready:
+                    self._dispatch(key, mask)
+                self._tick()
+            self._flush_state()
+            return self._outcome()
+        finally:
+            self._close()
+
+    def _finished(self) -> bool:
+        if self.shutdown is None:
+            return False
+        return all(
+            s.rec.state in rp.DOWN_STATES and s.child is None for s in self.services.values()
+        )
+
+    def _timeout(self) -> float | None:
+        deadlines = [rp.next_deadline(s.params, s.rec) for s in self.services.values()]
+        deadlines += [d for d in (self._extra_deadline(),) if d is not None]
+        due = [d for d in deadlines if d is not None]
+        if not due:
+            return None
+        return max(0.0, min(due) - self.clock())
+
+    def _extra_deadline(self) -> float | None:
+        """Hook for the pressure response (a subclass or mixin may sample on a timer)."""
+        return None
+
+    def _dispatch(self, key: tuple[str, Any], mask: int) -> None:
+        kind, value = key
+        if kind == "signal":
+            self._on_signals()
+        elif kind == "pidfd":
+            self._on_exits()
+        elif kind == "inotify":
+            self._on_inotify()
+        elif kind == "pump" and self.pump is not None:
+            self.pump.on_ready(value)
+        else:
+            self._dispatch_extra(kind, value, mask)
+
+    def _dispatch_extra(self, kind: str, value: Any, mask: int) -> None:
+        raise AssertionError(f"unknown loop key {kind!r}")
+
+    def _tick(self) -> None:
+        # Deadlines due at the same moment (several restarts after one shared-budget OOM) are
+        # served least critical first, the primary last.
+        for name in self._restart_rank(self.services):
+            svc = self.services[name]
+            deadline = rp.next_deadline(svc.params, svc.rec)
+            if deadline is not None and deadline <= self.now:
+                self.feed(svc, rp.Tick())
+        if self.shutdown is not None:
+            self._advance_shutdown()
+
+    def _restart_rank(self, names: Iterable[str]) -> list[str]:
+        return ranking.restart_order(
+            names, {n: s.criticality for n, s in self.services.items()}, self.primary
+        )
+
+    # -- policy plumbing --------------------------------------------------------------------
+
+    def feed(self, svc: Service, event: rp.Event) -> None:
+        before = svc.rec.state
+        svc.rec, actions = rp.decide(svc.params, svc.rec, event, self.now)
+        if svc.rec.state is not before:
+            self.dirty = True
+        for action in actions:
+            self._execute(svc, action)
+
+    def _execute(self, svc: Service, action: rp.Action) -> None:
+        if isinstance(action, rp.Spawn):
+            self._spawn(svc)
+        elif isinstance(action, rp.Signal):
+            self._signal(svc, action.signum)
+        elif isinstance(action, rp.KillCgroup):
+            self._kill_cgroup(svc, "stop_timeout")
+        elif isinstance(action, rp.Emit):
+            self._emit_policy(svc, action)
+        elif isinstance(action, rp.Fatal):
+            status = action.exit.status if action.exit is not None else 1
+            self.log.error("fatal", service=svc.name, status=status)
+            self.begin_shutdown(f"{svc.name} is fatal", status=status, fatal=svc.name)
+
+    def _emit_policy(self, svc: Service, action: rp.Emit) -> None:
+        fields = dict(action.fields)
+        fields.pop("service", None)
+        level = "warn" if action.kind in ("fatal", "backoff", "exit") else "info"
+        if svc.is_primary and action.kind in ("exit", "fatal"):
+            level = "error"
+        self.log.log(level, action.kind, service=svc.name, **fields)  # type: ignore[arg-type]
+        self.emit(action.kind, svc.cgroup, service=svc.name, **fields)
+
+    def emit(self, kind: str, cgroup: CgroupPath | None, **fields: Any) -> None:
+        """Append an event to events.jsonl (the supervisor's audit trail)."""
+        if self.events is not None:
+            self.events.append(kind, slice=cgroup, **fields)
+        self.dirty = True
+
+    # -- actions ----------------------------------------------------------------------------
+
+    def _spawn(self, svc: Service) -> None:
+        scfg = svc.cfg
+        # Like supervisord and `docker exec`: the service sees oomguard's environment, with the
+        # config's `env` laid over it.
+        env = {**os.environ, **scfg.env}
+        extra = {"OOMGUARD_SERVICE": svc.name, "OOMGUARD_SLICE": str(svc.cgroup)}
+        if scfg.pressure_watch:
+            # systemd's convention (sd_event_add_memory_pressure): the service watches this file
+            # itself and sheds memory when its trigger fires.
+            extra["MEMORY_PRESSURE_WATCH"] = str(self.fs.file_path(svc.cgroup, "memory.pressure"))
+            extra["MEMORY_PRESSURE_WRITE"] = _b64(self._psi_line(svc.name))
+        spec = launcher.LaunchSpec(
+            name=svc.name,
+            argv=scfg.command,
+            env=env,
+            cwd=str(scfg.cwd) if scfg.cwd else None,
+            user=scfg.user,
+            group=scfg.group,
+            oom_score_adj=svc.oom_score_adj,
+            log=scfg.log,
+            extra_env=extra,
+        )
+        # Start from zero: an OOM of the previous incarnation must not be blamed on this one.
+        svc.oom_pending = False
+        with contextlib.suppress(Vanished):
+            self.local[svc.cgroup] = self._read_local(svc.cgroup)
+        try:
+            child = launcher.spawn(spec, svc.procs_fd, cgroup=str(svc.cgroup))
+        except LaunchError as err:
+            self.log.error("spawn_failed", service=svc.name, error=err.message, hint=err.hint)
+            self.feed(svc, rp.SpawnFailed(str(err)))
+            return
+        for warning in child.warnings:
+            self.log.warn("spawn", service=svc.name, detail=warning)
+        svc.child = child
+        svc.started_wall = self.wall()
+        self.by_pid[child.pid] = svc
+        self.reaper.track(child.pid)
+        if child.pidfd >= 0:
+            self.loop.add(child.pidfd, select.EPOLLIN, ("pidfd", svc.name))
+        if self.pump is not None and (child.stdout_fd >= 0 or child.stderr_fd >= 0):
+            for key in self.pump.attach(child):
+                del key  # the pump registered them in the loop under ("pump", key)
+        self.feed(svc, rp.Spawned(child.pid))
+
+    def _signal(self, svc: Service, signum: int) -> None:
+        if svc.child is None:
+            return
+        sent = svc.child.send_signal(signum)
+        self.log.info("signal", service=svc.name, signal=signal.Signals(signum).name, sent=sent)
+
+    def _kill_cgroup(self, svc: Service, reason: str) -> None:
+        try:
+            pids = self.fs.procs(svc.cgroup)
+            self.fs.kill(svc.cgroup)
+        except Vanished:
+            self._vanished(svc)
+            return
+        self.log.warn("kill", service=svc.name, reason=reason, pids=len(pids))
+        self.emit("kill", svc.cgroup, service=svc.name, reason=reason, pids=len(pids))
+
+    # -- exits ------------------------------------------------------------------------------
+
+    def _on_exits(self) -> None:
+        exits: list[tuple[Service, rp.ExitInfo]] = []
+        for reaped in self.reaper.reap():
+            svc = self.by_pid.pop(reaped.pid, None)
+            if svc is None:
+                continue  # an orphan reparented to us (PID 1 / subreaper): reaped, nothing more
+            self._close_child(svc)
+            st = reaped.status
+            # An OOM kill is a SIGKILL whose slice's memory.events.local oom_kill rose. Re-read
+            # now: the pidfd can be readable before inotify delivers the counter change.
+            self._check_counters(svc.cgroup)
+            oom = st.signal == signal.SIGKILL and svc.oom_pending
+            exits.append((svc, rp.ExitInfo(code=st.code, signal=st.signal, oom_killed=oom)))
+        # Restart order after a shared-budget OOM: least critical first, primary last.
+        rank = {n: i for i, n in enumerate(self._restart_rank(s.name for s, _ in exits))}
+        for svc, info in sorted(exits, key=lambda e: rank[e[0].name]):
+            self._cleanup_slice(svc)
+            if info.oom_killed:
+                line = self._oom_line(svc)
+                self.oom_lines.append(line)
+                if svc.is_primary:
+                    # The primary is the one process oomguard exists to protect: say so loudly.
+                    self.log.error("primary_oom_killed", service=svc.name, detail=line)
+            self.feed(svc, rp.Exited(info))
+
+    def _close_child(self, svc: Service) -> None:
+        child = svc.child
+        if child is None:
+            return
+        if child.pidfd >= 0:
+            self.loop.remove(child.pidfd)
+        child.close()
+        svc.child = None
+        self.dirty = True
+
+    def _cleanup_slice(self, svc: Service) -> None:
+        """After the main process exits, whatever it left in the slice goes too, so the next
+        incarnation starts in an empty cgroup (systemd's KillMode=control-group)."""
+        try:
+            if self.fs.populated(svc.cgroup):
+                self._kill_cgroup(svc, "main_exited")
+        except Vanished:
+            self._vanished(svc)
+
+    def _vanished(self, svc: Service) -> None:
+        """A slice removed from outside. Recreate it on the next start rather than crash: the
+        tree is ours and its absence is an operator accident or a race with teardown."""
+        self.log.warn("slice_vanished", service=svc.name, slice=str(svc.cgroup))
+        self.emit("slice_vanished", svc.cgroup, service=svc.name)
+        if self.shutdown is not None or self.built is None:
+            return
+        try:
+            self.built = treemod.build(
+                self.fs, self.config.tree_spec(), None, self.self_cgroup, kill_wait=0.5
+            )
+            if svc.procs_fd >= 0:
+                os.close(svc.procs_fd)
+                svc.procs_fd = -1
+            svc.procs_fd = self.fs.open_fd(svc.cgroup, "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            self.inotify.unwatch(svc.cgroup)
+            self.inotify.watch(self.fs.file_path(svc.cgroup, "memory.events.local"), svc.cgroup)
+            self.local[svc.cgroup] = self._read_local(svc.cgroup)
+            self.log.info("slice_recreated", service=svc.name, slice=str(svc.cgroup))
+        except OomguardError as err:
+            self.log.error("slice_recreate_failed", service=svc.name, error=str(err))
+
+    # -- memory.events ----------------------------------------------------------------------
+
+    def _read_local(self, path: CgroupPath) -> dict[str, int]:
+        return self.fs.read_flat(path, "memory.events.local")
+
+    def _on_inotify(self) -> None:
+        changed: list[CgroupPath] = []
+        for path, flags in self.inotify.read():
+            if flags & WatchEvent.VANISHED:
+                svc = self._service_at(path)
+                if svc is not None:
+                    self._vanished(svc)
+                continue
+            changed.append(path)
+        for path in changed:
+            self._check_counters(path)
+
+    def _service_at(self, path: CgroupPath) -> Service | None:
+        return next((s for s in self.services.values() if s.cgroup == path), None)
+
+    def _check_counters(self, path: CgroupPath) -> dict[str, int]:
+        """Diff memory.events.local of `path` against what we saw last; act on the rises."""
+        try:
+            new = self._read_local(path)
+        except Vanished:
+            svc = self._service_at(path)
+            if svc is not None:
+                self._vanished(svc)
+            return {}
+        old = self.local.get(path, {})
+        self.local[path] = new
+        delta = {k: v - old.get(k, 0) for k, v in new.items() if v > old.get(k, 0)}
+        if not delta:
+            return delta
+        if delta.get("oom_kill"):
+            self._on_oom_kill(path, delta)
+        elif delta.get("oom"):
+            # Limit hit here; the kill (if any) is charged to a descendant's .local and handled
+            # there. Logged so that an OOM that reclaim resolved is still visible.
+            self.emit("oom", path, count=delta["oom"], **self._figures(path))
+        self.on_counters(path, delta)
+        return delta
+
+    def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
+        """Hook for the pressure response: `high`/`max` rises are its earliest cheap signal."""
+
+    def _figures(self, path: CgroupPath) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        with contextlib.suppress(OomguardError):
+            out["current"] = self.fs.read_int(path, "memory.current")
+        with contextlib.suppress(OomguardError):
+            out["max"] = format_size(self.fs.read_limit(path, "memory.max"))
+        with contextlib.suppress(OomguardError):
+            peak = self.fs.read_optional(path, "memory.peak")
+            if peak is not None:
+                out["peak"] = int(peak)
+        return out
+
+    def _on_oom_kill(self, path: CgroupPath, delta: dict[str, int]) -> None:
+        svc = self._service_at(path)
+        count = delta["oom_kill"]
+        # Where was the limit hit? The cgroup whose `.local` oom counter rose: the slice itself,
+        # a shared budget above it, or the tree root. Reading the ancestors now also consumes
+        # their rises, so their own notifications (which may arrive later) do not log them twice.
+        where: CgroupPath | None = path if delta.get("oom") else None
+        for anc in reversed(path.ancestors()):
+            if anc not in self.local:
+                continue
+            try:
+                fresh = self._read_local(anc)
+            except Vanished:
+                continue
+            rose = fresh.get("oom", 0) > self.local[anc].get("oom", 0)
+            self.local[anc] = fresh
+            if rose and where is None:
+                where = anc
+        figures = self._figures(path)
+        limit_figs = self._figures(where) if where is not None and where != path else {}
+        victim = None
+        if svc is not None and svc.child is not None and not _alive(svc.child.pid):
+            victim = svc.child.pid
+        fields: dict[str, Any] = {
+            "count": count,
+            **figures,
+            "limit_at": str(where) if where is not None else "outside the tree",
+        }
+        if limit_figs:
+            fields["limit_current"] = limit_figs.get("current")
+            fields["limit_max"] = limit_figs.get("max")
+        if victim is not None:
+            fields["victim_pid"] = victim
+        name = svc.name if svc is not None else None
+        self.log.warn("oom_kill", service=name, slice=str(path), **fields)
+        self.emit("oom_kill", path, service=name, **fields)
+        if svc is None:
+            return
+        svc.oom_pending = True
+        if svc.child is not None and not svc.cfg.survive_partial_kill:
+            # The kernel killed one process of the service (maybe a worker, maybe the main
+            # one). A half-killed service is worse than a restarted one unless it says it copes.
+            self._kill_cgroup(svc, "oom_kill")
+
+    def _oom_line(self, svc: Service) -> str:
+        max_ = self.config.service[svc.name].memory_max
+        peak = None
+        with contextlib.suppress(OomguardError):
+            raw = self.fs.read_optional(svc.cgroup, "memory.peak")
+            peak = int(raw) if raw is not None else None
+        rel = "/".join(svc.cgroup.parts[len(self._root().parts) - 1 :])
+        return (
+            f"{svc.name} was killed by the OOM killer (slice {rel}, memory.max "
+            f"{format_size(max_)}, peak {format_size(peak) if peak is not None else '?'})"
+        )
+
+    def _root(self) -> CgroupPath:
+        assert self.built is not None
+        return self.built.root
+
+    # -- signals and shutdown ---------------------------------------------------------------
+
+    def _on_signals(self) -> None:
+        assert self.signals is not None
+        for sig in self.signals.drain():
+            if sig == signal.SIGCHLD:
+                self._on_exits()
+            elif sig == signal.SIGHUP:
+                primary = self.services[self.primary]
+                self.log.info("forward", signal="SIGHUP", service=self.primary)
+                self._signal(primary, signal.SIGHUP)
+            elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                if self.shutdown is not None and sig == signal.SIGINT:
+                    # A second Ctrl-C: stop waiting for graceful stops.
+                    for svc in self.services.values():
+                        if svc.child is not None:
+                            self._kill_cgroup(svc, "second_interrupt")
+                    continue
+                self.log.info("signal_received", signal=sig.name)
+                self.begin_shutdown(f"received {sig.name}")
+        # Pidfds cover tracked services; orphans (PID 1) only announce themselves by SIGCHLD.
+
+    def begin_shutdown(
+        self, reason: str, status: int | None = None, fatal: str | None = None
+    ) -> None:
+        if self.shutdown is None:
+            self.shutdown = _Shutdown(reason=reason, status=status, fatal_service=fatal)
+            self.log.info("shutdown", reason=reason)
+            self.emit("shutdown", None, reason=reason)
+        elif status is not None and self.shutdown.status is None:
+            self.shutdown.status = status
+            self.shutdown.fatal_service = fatal
+        self._advance_shutdown()
+
+    def _advance_shutdown(self) -> None:
+        """Stop in reverse dependency order: a service is asked to stop once everything that
+        depends on it is down (so pgbouncer drains before postgres stops)."""
+        for name in self.config.stop_order():
+            svc = self.services[name]
+            if svc.rec.state in rp.DOWN_STATES or svc.rec.state is rp.State.STOPPING:
+                continue
+            dependents = [s for s in self.services.values() if name in s.cfg.depends_on]
+            if all(d.rec.state in rp.DOWN_STATES and d.child is None for d in dependents):
+                self.feed(svc, rp.Stop("shutdown"))
+
+    def _outcome(self) -> Outcome:
+        primary = self.services[self.primary]
+        last = primary.rec.last_exit
+        sd = self.shutdown
+        if sd is not None and sd.status is not None:
+            status = sd.status
+        elif last is not None:
+            status = last.status
+        else:
+            status = 0
+        return Outcome(
+            status=status,
+            primary=self.primary,
+            primary_exit=last,
+            reason=sd.reason if sd else "",
+            fatal_service=sd.fatal_service if sd else None,
+            oom_lines=list(self.oom_lines),
+        )
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _flush_state(self) -> None:
+        if not self.dirty or self.built is None:
+            return
+        self.dirty = False
+        services: dict[str, Any] = {}
+        for name, svc in self.services.items():
+            last = svc.rec.last_exit
+            services[name] = {
+                "state": svc.rec.state.name,
+                "pid": svc.child.pid if svc.child else None,
+                "restarts": svc.rec.restarts_total,
+                "evictions": svc.evictions,
+                "slice": str(svc.cgroup),
+                "role": "primary" if svc.is_primary else "sidecar",
+                "criticality": svc.criticality if not svc.is_primary else None,
+                "oom_score_adj": svc.oom_score_adj,
+                "last_exit": (
+                    {"code": last.code, "signal": last.signal, "oom_killed": last.oom_killed}
+                    if last
+                    else None
+                ),
+                "started_at": svc.started_wall,
+                "downtime_total": round(svc.rec.downtime(self.now), 3),
+            }
+        doc = make_state(
+            root=str(self.built.root),
+            mode=self.config.oomguard.mode,
+            services=services,
+            updated_at=self.wall(),
+        )
+        try:
+            write_state(self.config.oomguard.state_dir, doc)
+        except OSError as err:
+            self.log.warn("state_write_failed", error=err.strerror or str(err))
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        for svc in self.services.values():
+            if svc.child is not None:
+                # Only reached on an internal error: never leave a service running unsupervised.
+                with contextlib.suppress(OomguardError):
+                    self.fs.kill(svc.cgroup)
+                self._close_child(svc)
+            if svc.procs_fd >= 0:
+                os.close(svc.procs_fd)
+                svc.procs_fd = -1
+        self.close_extra()
+        if self.pump is not None:
+            self.pump.close()
+        if self.built is not None:
+            try:
+                for msg in treemod.teardown(self.fs, self.built, keep_leaf=True):
+                    self.log.info("teardown", detail=msg)
+            except CgroupError as err:
+                self.log.warn("teardown_failed", error=str(err))
+        self.inotify.close()
+        self.loop.close()
+        if self.signals is not None:
+            self.signals.close()
+        if self.events is not None:
+            self.events.close()
+
+    def close_extra(self) -> None:
+        """Hook: close fds owned by extensions (PSI triggers, metrics)."""
+
+    def _psi_line(self, name: str) -> str:
+        trig = self.config.pressure_for(name).psi_trigger
+        return trig.kernel_line()
+
+
+class _PumpRegistry:
+    """Lets the output pump register its pipes in the supervisor's loop under ("pump", key)."""
+
+    def __init__(self, loop: Loop[tuple[str, Any]]) -> None:
+        self._loop = loop
+
+    def add(self, fd: int, events: int, key: launcher.PumpKey, /) -> None:
+        self._loop.add(fd, events, ("pump", key))
+
+    def remove(self, fd: int, /) -> None:
+        self._loop.remove(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie still "exists" for kill(0); /proc state tells it apart.
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.b64encode(text.encode() + b"\0").decode()
+
+
+def default_self_cgroup() -> tuple[Path, CgroupPath]:
+    """The cgroup2 mount and our own cgroup in it, or a clear error for `run`/`exec`."""
+    from oomguard.cgroup.discover import find_cgroup2_mount, own_cgroup
+
+    mount = find_cgroup2_mount()
+    if mount is None:
+        raise CgroupError(
+            "no cgroup2 mount found",
+            hint="oomguard needs cgroup v2; run `oomguard check` to see what this host offers",
+        )
+    return mount, own_cgroup()
+
+
+__all__ = ["SUPERVISOR_LEAF", "Outcome", "Service", "Supervisor", "default_self_cgroup"]
