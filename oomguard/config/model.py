@@ -433,9 +433,18 @@ Command = Annotated[
 ]
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
 Name = Annotated[
-    str, BeforeValidator(_name), WithJsonSchema({"type": "string", "pattern": NAME_RE.pattern})
+    str,
+    BeforeValidator(_name),
+    # JSON Schema patterns are unanchored.
+    WithJsonSchema({"type": "string", "pattern": f"^{NAME_RE.pattern}$"}),
 ]
-Env = Annotated[dict[str, str], BeforeValidator(_env)]
+Env = Annotated[
+    dict[str, str],
+    BeforeValidator(_env),
+    WithJsonSchema(
+        {"type": "object", "additionalProperties": {"type": ["string", "integer", "number"]}}
+    ),
+]
 Ident = Annotated[
     str | None,
     BeforeValidator(_ident),
@@ -523,7 +532,10 @@ class PressureConfig(_Model):
 
     headroom_min: Fraction = 0.10
     psi_some_avg10: Percent = 20.0
-    psi_trigger: PsiTriggerSpec = PsiTrigger(kind="some", stall=0.15, window=2.0)
+    psi_trigger: PsiTriggerSpec = Field(
+        default=PsiTrigger(kind="some", stall=0.15, window=2.0),
+        json_schema_extra={"default": "some 150ms 2s"},  # as a user writes it
+    )
     hysteresis: PositiveDuration = 30.0
     cooldown: PositiveDuration = 5.0
     sample_interval: SampleInterval = 1.0
@@ -631,7 +643,7 @@ class ServiceConfig(_Budget):
     )
     restart: Restart = "always"
     depends_on: Names = ()
-    stop_signal: Signal = signal.SIGTERM
+    stop_signal: Signal = Field(default=signal.SIGTERM, json_schema_extra={"default": "SIGTERM"})
     stop_timeout: PositiveDuration = 10.0
     user: Ident = None
     group: Ident = None
@@ -692,8 +704,13 @@ class Config(_Model):
     """A whole oomguard config. Build it with ``from_mapping`` or ``load_config``."""
 
     oomguard: OomguardSection = OomguardSection()
-    slice: dict[Name, SliceConfig] = Field(default_factory=dict)
-    service: dict[Name, ServiceConfig] = Field(default_factory=dict)
+    # additionalProperties: keys not matching the name pattern are refused by the schema too.
+    slice: dict[Name, SliceConfig] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False}
+    )
+    service: dict[Name, ServiceConfig] = Field(
+        default_factory=dict, json_schema_extra={"additionalProperties": False}
+    )
 
     @model_validator(mode="after")
     def _cross_check(self) -> Config:

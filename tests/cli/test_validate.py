@@ -516,3 +516,19 @@ def test_help_does_not_import_pydantic() -> None:
     proc = _python("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("False")
+
+
+def test_schema_accepts_a_good_config_and_refuses_a_typo(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    import tomllib
+
+    code, out, _ = run(["validate", "--schema"], capsys)
+    assert code == 0
+    schema = json.loads(out)
+    jsonschema.validate(tomllib.loads(GOOD), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(tomllib.loads(GOOD + 'memroy_max = "1G"\n'), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(tomllib.loads(GOOD + "[service.Bad]\ncommand = 'x'\n"), schema)
