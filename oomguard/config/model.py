@@ -360,7 +360,7 @@ def _cgroup_root(value: object) -> str | None:
         return None
     if not isinstance(value, str):
         raise _custom("cgroup", f'{show(value)} is not a cgroup path; e.g. "/oomguard"')
-    parts = [p for p in value.strip().split("/")]
+    parts = value.strip().split("/")
     if parts and parts[0] == "":
         parts = parts[1:]
     if parts and parts[-1] == "":
@@ -604,7 +604,7 @@ class _Budget(_Model):
     memory_max: LimitSize = Field(default=None, description="memory.max: OOM-kill above this.")
     swap_max: LimitSize = Field(default=None, description="memory.swap.max.")
     oom_group: StrictBool = Field(
-        False, description="memory.oom.group: an OOM kill takes the whole cgroup."
+        default=False, description="memory.oom.group: an OOM kill takes the whole cgroup."
     )
 
     def limits(self) -> Limits:
@@ -636,10 +636,11 @@ class ServiceConfig(_Budget):
     role: Role = "sidecar"
     slice: str | None = Field(default=None, description="Put this service inside [slice.<name>].")
     criticality: Criticality = Field(
-        50, description="Sidecars only, 0..99: higher is evicted/OOM-killed later."
+        default=50, description="Sidecars only, 0..99: higher is evicted/OOM-killed later."
     )
     oom_score_adj: OomScoreAdj = Field(
-        None, description="Default: -999 for the primary, 1000 - 10 * criticality for sidecars."
+        default=None,
+        description="Default: -999 for the primary, 1000 - 10 * criticality for sidecars.",
     )
     restart: Restart = "always"
     depends_on: Names = ()
@@ -657,15 +658,17 @@ class ServiceConfig(_Budget):
     max_restarts: MaxRestarts = 10
     restart_window: PositiveDuration = 300.0
     essential: StrictBool = Field(
-        False, description="If it fails for good, stop oomguard. Default: true for the primary."
+        default=False,
+        description="If it fails for good, stop oomguard. Default: true for the primary.",
     )
     survive_partial_kill: StrictBool = False
     pressure_watch: StrictBool = False
     watermark: LimitSize = Field(
-        None, description="Primary only: controlled restart above this. Default: memory_high."
+        default=None,
+        description="Primary only: controlled restart above this. Default: memory_high.",
     )
     evictable: StrictBool = Field(
-        True, description="Sidecars only: may be stopped to relieve pressure."
+        default=True, description="Sidecars only: may be stopped to relieve pressure."
     )
     oom_group: StrictBool = Field(
         default=True,
