@@ -24,7 +24,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from oomguard.cgroup import tree as treemod
 from oomguard.cgroup.spec import SUPERVISOR_LEAF
@@ -51,6 +51,35 @@ if TYPE_CHECKING:
 
 #: Counters of memory.events(.local) that we log when they rise.
 _EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
+
+
+class Extension(Protocol):
+    """What plugs into the loop besides the restart policy: the pressure response, metrics.
+
+    oomd's lesson: the engine knows only a tiny contract. Each method is called from the loop
+    thread; none may block.
+    """
+
+    def setup(self, sup: Supervisor) -> None:
+        """After the tree is built and services are known, before the first start."""
+
+    def deadline(self) -> float | None:
+        """Earliest monotonic time this extension needs a `tick` (None: none)."""
+
+    def on_ready(self, value: Any, mask: int) -> None:
+        """An fd this extension registered under ("ext", (self, value)) is ready."""
+
+    def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
+        """memory.events.local of `path` rose by `delta` (high/max: throttling, reclaim)."""
+
+    def tick(self, now: float) -> None:
+        """Called every loop turn after events are handled (cheap when nothing is due)."""
+
+    def after_turn(self) -> None:
+        """Called once per loop turn after state changes were applied (e.g. publish metrics)."""
+
+    def close(self) -> None:
+        """Release fds. Called exactly once, also on error paths."""
 
 
 @dataclass(eq=False)
@@ -135,7 +164,7 @@ class Supervisor:
         self.oom_lines: list[str] = []
         self.dirty = True
         self.now = clock()
-        self.hooks: list[Callable[[Supervisor], None]] = []
+        self.extensions: list[Extension] = []
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -217,8 +246,8 @@ class Supervisor:
             # between fork and exec, so even its first allocation is charged to the slice.
             svc.procs_fd = self.fs.open_fd(path, "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
             self.services[name] = svc
-        for hook in self.hooks:
-            hook(self)
+        for ext in self.extensions:
+            ext.setup(self)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -250,15 +279,11 @@ class Supervisor:
 
     def _timeout(self) -> float | None:
         deadlines = [rp.next_deadline(s.params, s.rec) for s in self.services.values()]
-        deadlines += [d for d in (self._extra_deadline(),) if d is not None]
+        deadlines += [ext.deadline() for ext in self.extensions]
         due = [d for d in deadlines if d is not None]
         if not due:
             return None
         return max(0.0, min(due) - self.clock())
-
-    def _extra_deadline(self) -> float | None:
-        """Hook for the pressure response (a subclass or mixin may sample on a timer)."""
-        return None
 
     def _dispatch(self, key: tuple[str, Any], mask: int) -> None:
         kind, value = key
@@ -270,11 +295,11 @@ class Supervisor:
             self._on_inotify()
         elif kind == "pump" and self.pump is not None:
             self.pump.on_ready(value)
+        elif kind == "ext":
+            ext, inner = value
+            ext.on_ready(inner, mask)
         else:
-            self._dispatch_extra(kind, value, mask)
-
-    def _dispatch_extra(self, kind: str, value: Any, mask: int) -> None:
-        raise AssertionError(f"unknown loop key {kind!r}")
+            raise AssertionError(f"unknown loop key {kind!r}")
 
     def _tick(self) -> None:
         # Deadlines due at the same moment (several restarts after one shared-budget OOM) are
@@ -284,8 +309,12 @@ class Supervisor:
             deadline = rp.next_deadline(svc.params, svc.rec)
             if deadline is not None and deadline <= self.now:
                 self.feed(svc, rp.Tick())
+        for ext in self.extensions:
+            ext.tick(self.now)
         if self.shutdown is not None:
             self._advance_shutdown()
+        for ext in self.extensions:
+            ext.after_turn()
 
     def _restart_rank(self, names: Iterable[str]) -> list[str]:
         return ranking.restart_order(
@@ -502,11 +531,9 @@ class Supervisor:
             # Limit hit here; the kill (if any) is charged to a descendant's .local and handled
             # there. Logged so that an OOM that reclaim resolved is still visible.
             self.emit("oom", path, count=delta["oom"], **self._figures(path))
-        self.on_counters(path, delta)
+        for ext in self.extensions:
+            ext.on_counters(path, delta)
         return delta
-
-    def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
-        """Hook for the pressure response: `high`/`max` rises are its earliest cheap signal."""
 
     def _figures(self, path: CgroupPath) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -559,9 +586,10 @@ class Supervisor:
         if svc is None:
             return
         svc.oom_pending = True
-        if svc.child is not None and not svc.cfg.survive_partial_kill:
-            # The kernel killed one process of the service (maybe a worker, maybe the main
-            # one). A half-killed service is worse than a restarted one unless it says it copes.
+        if victim is None and svc.child is not None and not svc.cfg.survive_partial_kill:
+            # The kernel killed a process of the service other than its main one (a worker, a
+            # backend). A half-killed service is worse than a restarted one unless it says it
+            # copes (survive_partial_kill); when the main process died, the exit path cleans up.
             self._kill_cgroup(svc, "oom_kill")
 
     def _oom_line(self, svc: Service) -> str:
@@ -693,7 +721,9 @@ class Supervisor:
             if svc.procs_fd >= 0:
                 os.close(svc.procs_fd)
                 svc.procs_fd = -1
-        self.close_extra()
+        for ext in self.extensions:
+            with contextlib.suppress(Exception):
+                ext.close()
         if self.pump is not None:
             self.pump.close()
         if self.built is not None:
@@ -708,9 +738,6 @@ class Supervisor:
             self.signals.close()
         if self.events is not None:
             self.events.close()
-
-    def close_extra(self) -> None:
-        """Hook: close fds owned by extensions (PSI triggers, metrics)."""
 
     def _psi_line(self, name: str) -> str:
         trig = self.config.pressure_for(name).psi_trigger
