@@ -752,11 +752,13 @@ class Config(_Model):
         """The explicit value if given; else -999 for the primary and ``1000 - 10 *
         criticality`` for a sidecar (criticality 0 -> 1000 ... 99 -> 10).
 
-        The kernel's badness is roughly "share of the OOMing cgroup's limit, in thousandths"
-        plus oom_score_adj, so a 10-point criticality step outweighs a 10% size difference, and
-        any sidecar outranks the primary as a victim unless it is ~100x larger. -999 rather than
-        -1000 keeps the primary killable by its own slice's OOM: a runaway primary dies (and is
-        restarted) instead of wedging its cgroup.
+        The kernel's badness (mm/oom_kill.c) is the task's memory plus ``oom_score_adj / 1000``
+        of the OOMing cgroup's limit: in thousandths of the limit, usage + adj. A 10-point
+        criticality gap (100 adj) therefore outweighs a 10% size difference. The primary at -999
+        scores at most 1 (it cannot use more than the whole limit) while every sidecar scores at
+        least 10, so the kernel picks the primary only when no sidecar is left in the OOMing
+        cgroup. -999 rather than -1000 keeps it killable by its own slice's OOM: a runaway
+        primary dies (and is restarted) instead of wedging its cgroup.
         """
         svc = self.service[name]
         if svc.oom_score_adj is not None:
