@@ -53,7 +53,15 @@ def supervise(config: Config, *, init: bool) -> Outcome:
         timestamps="JOURNAL_STREAM" not in os.environ,
         context={"prog": "oomguard"},
     )
+    from oomguard.runtime.pressure import PressureResponse
+
     sup = Supervisor(config, CgroupFS(mount), own, log, init=init)
+    sup.extensions.append(PressureResponse())
+    if config.oomguard.metrics_listen:
+        # Imported only when asked for: prometheus_client is an optional extra.
+        from oomguard.runtime.metrics import MetricsExtension
+
+        sup.extensions.append(MetricsExtension(config.oomguard.metrics_listen))
     return sup.run()
 
 

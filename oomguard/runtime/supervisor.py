@@ -674,10 +674,8 @@ class Supervisor:
 
     # -- state ------------------------------------------------------------------------------
 
-    def _flush_state(self) -> None:
-        if not self.dirty or self.built is None:
-            return
-        self.dirty = False
+    def state_services(self) -> dict[str, Any]:
+        """Per-service state in state.json's "services" shape (also what metrics export)."""
         services: dict[str, Any] = {}
         for name, svc in self.services.items():
             last = svc.rec.last_exit
@@ -698,6 +696,13 @@ class Supervisor:
                 "started_at": svc.started_wall,
                 "downtime_total": round(svc.rec.downtime(self.now), 3),
             }
+        return services
+
+    def _flush_state(self) -> None:
+        if not self.dirty or self.built is None:
+            return
+        self.dirty = False
+        services = self.state_services()
         doc = make_state(
             root=str(self.built.root),
             mode=self.config.oomguard.mode,

@@ -1,0 +1,367 @@
+"""The pressure response: act before the kernel's OOM killer does. A supervisor `Extension`.
+
+Budgets (each evaluated by the pure `policy.pressure.evaluate`):
+
+* every ``[slice.X]``: members are the services inside it;
+* the whole tree: members are all services; its limit is the nearest memory.max at or above
+  the tree root (``[oomguard] memory_max``, else a container's or systemd slice's limit);
+* the primary's watermark: a synthetic budget whose "limit" is the primary's watermark
+  (``watermark``, default its ``memory_high``), members all services. When the primary sits at
+  its watermark, sidecars are evicted first; only when none is left is the primary restarted
+  in a controlled way (stop signal, wait, start), never killed.
+
+Signals, all event-driven, so an idle oomguard makes no wake-ups:
+
+* ``high``/``max`` rises of memory.events.local anywhere in a budget (inotify, via the
+  supervisor): reclaim could not keep a cgroup under memory.high: the earliest cheap signal;
+* a PSI trigger per budget on memory.pressure (EPOLLPRI only: the fd is always readable);
+* headroom (memory.current against the limit) is read only while a budget is pressured or has
+  evictions outstanding, every ``sample_interval`` (default 1 s, minimum 1 s).
+
+Why oomguard sets memory.high on slice budgets (``auto_high``): a budget with only memory.max
+gives no kernel signal until it *hits* the max, and without swap the OOM kill follows within
+milliseconds. With memory.high at ``memory_max * (1 - headroom_min)`` the kernel raises ``high``
+exactly when headroom drops below the threshold, and throttles the growing sidecars while
+oomguard evicts one: the event replaces polling. A budget whose config sets memory_high keeps it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from oomguard.errors import OomguardError, Vanished
+from oomguard.events.psi import PsiTrigger
+from oomguard.policy import pressure as pp
+from oomguard.policy import restart as rp
+from oomguard.units import format_size
+
+if TYPE_CHECKING:
+    from oomguard.cgroup.path import CgroupPath
+    from oomguard.config.model import PressureConfig
+    from oomguard.runtime.supervisor import Service, Supervisor
+
+#: Name of the synthetic budget that watches the primary's own watermark.
+PRIMARY_BUDGET = "primary-watermark"
+TREE_BUDGET = "tree"
+
+
+@dataclass(eq=False)
+class Budget:
+    name: str
+    cgroup: CgroupPath
+    members: tuple[str, ...]
+    thresholds: pp.Thresholds
+    #: None: read the nearest memory.max at or above `cgroup`. Else a fixed byte limit.
+    fixed_limit: int | None = None
+    state: pp.PressureState = field(default_factory=pp.PressureState)
+    high_delta: int = 0
+    psi_fired: bool = False
+    trigger: PsiTrigger | None = None
+    next_at: float | None = None
+
+
+def _thresholds(cfg: PressureConfig) -> pp.Thresholds:
+    return pp.Thresholds(
+        headroom_min=cfg.headroom_min,
+        psi_some_avg10=cfg.psi_some_avg10,
+        hysteresis=cfg.hysteresis,
+        cooldown=cfg.cooldown,
+        sample_interval=cfg.sample_interval,
+    )
+
+
+class PressureResponse:
+    """Graduated response: evict the least critical sidecar, restore after hysteresis, and
+    restart the primary in a controlled way as the last resort. ``mode=observe`` only logs."""
+
+    def __init__(self) -> None:
+        self.sup: Supervisor | None = None
+        self.budgets: dict[str, Budget] = {}
+        self.restart_pending: dict[str, float] = {}
+
+    # -- Extension ----------------------------------------------------------------------------
+
+    def setup(self, sup: Supervisor) -> None:
+        self.sup = sup
+        cfg = sup.config
+        assert sup.built is not None
+        paths = sup.built.paths
+        for name, scfg in cfg.slice.items():
+            members = tuple(
+                s for s in cfg.service if name in cfg.slice_chain(s) and s in sup.services
+            )
+            if not members:
+                continue
+            th = _thresholds(cfg.pressure_for(name))
+            self._auto_high(paths[name], scfg.memory_max, scfg.memory_high, th)
+            self._add(Budget(name, paths[name], members, th))
+        all_members = tuple(sup.services)
+        self._add(
+            Budget(TREE_BUDGET, sup.built.root, all_members, _thresholds(cfg.oomguard.pressure))
+        )
+        primary = cfg.primary
+        watermark = primary.watermark
+        if watermark is not None:
+            self._add(
+                Budget(
+                    PRIMARY_BUDGET,
+                    paths[cfg.primary_name],
+                    all_members,
+                    _thresholds(cfg.pressure_for(cfg.primary_name)),
+                    fixed_limit=watermark,
+                )
+            )
+        sup.log.info(
+            "pressure",
+            budgets=",".join(self.budgets),
+            mode=cfg.oomguard.mode,
+            watermark=format_size(watermark) if watermark is not None else "-",
+        )
+
+    def deadline(self) -> float | None:
+        due = [b.next_at for b in self.budgets.values() if b.next_at is not None]
+        return min(due) if due else None
+
+    def on_ready(self, value: Any, mask: int) -> None:
+        budget = self.budgets.get(value)
+        if budget is None:
+            return
+        if mask & (select.EPOLLERR | select.EPOLLHUP):
+            # The cgroup went away under the trigger; it is dead for good.
+            self._drop_trigger(budget)
+            return
+        if mask & select.EPOLLPRI:
+            budget.psi_fired = True
+            self._evaluate(budget, "psi_trigger")
+
+    def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
+        rise = delta.get("high", 0) + delta.get("max", 0)
+        if not rise:
+            return
+        for budget in self.budgets.values():
+            if path == budget.cgroup or path.is_relative_to(budget.cgroup):
+                if budget.name == PRIMARY_BUDGET and path != budget.cgroup:
+                    continue
+                budget.high_delta += rise
+                self._evaluate(budget, "memory.events")
+
+    def tick(self, now: float) -> None:
+        for budget in self.budgets.values():
+            if budget.next_at is not None and budget.next_at <= now:
+                self._evaluate(budget, "sample")
+
+    def after_turn(self) -> None:
+        sup = self.sup
+        assert sup is not None
+        for name, since in list(self.restart_pending.items()):
+            svc = sup.services[name]
+            if svc.rec.state is rp.State.RUNNING:
+                downtime = sup.now - since
+                del self.restart_pending[name]
+                sup.log.warn("primary_back", service=name, downtime=f"{downtime:.3f}s")
+                sup.emit("restarted", svc.cgroup, service=name, downtime=round(downtime, 3))
+            elif svc.rec.state in (rp.State.FATAL, rp.State.EXITED, rp.State.STOPPED):
+                del self.restart_pending[name]
+
+    def close(self) -> None:
+        for budget in self.budgets.values():
+            self._drop_trigger(budget)
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _add(self, budget: Budget) -> None:
+        sup = self.sup
+        assert sup is not None
+        self.budgets[budget.name] = budget
+        trig = sup.config.pressure_for(budget.members[0]).psi_trigger
+        if budget.name == TREE_BUDGET:
+            trig = sup.config.oomguard.pressure.psi_trigger
+        try:
+            budget.trigger = PsiTrigger(
+                sup.fs.file_path(budget.cgroup, "memory.pressure"),
+                trig.kind,
+                trig.stall,
+                trig.window,
+            )
+        except OomguardError as err:
+            # PSI may be off (psi=0 on the kernel command line) or need privileges for short
+            # windows: the budget still works on memory.events alone.
+            sup.log.warn("psi_unavailable", budget=budget.name, error=str(err))
+            return
+        sup.loop.add(budget.trigger.fileno(), select.EPOLLPRI, ("ext", (self, budget.name)))
+
+    def _drop_trigger(self, budget: Budget) -> None:
+        if budget.trigger is None or self.sup is None:
+            return
+        fd = budget.trigger.fileno()
+        with contextlib.suppress(Exception):
+            self.sup.loop.remove(fd)
+        budget.trigger.close()
+        budget.trigger = None
+
+    def _auto_high(
+        self, path: CgroupPath, max_: int | None, high: int | None, th: pp.Thresholds
+    ) -> None:
+        if max_ is None or high is not None:
+            return
+        sup = self.sup
+        assert sup is not None
+        value = int(max_ * (1 - th.headroom_min)) // 4096 * 4096
+        try:
+            sup.fs.write(path, "memory.high", str(value))
+        except OomguardError as err:
+            sup.log.warn("auto_high_failed", slice=str(path), error=str(err))
+            return
+        sup.log.info("auto_high", slice=str(path), memory_high=format_size(value))
+
+    def _limit(self, budget: Budget) -> int | None:
+        if budget.fixed_limit is not None:
+            return budget.fixed_limit
+        sup = self.sup
+        assert sup is not None
+        path: CgroupPath | None = budget.cgroup
+        while path is not None and not path.is_root:
+            with contextlib.suppress(OomguardError):
+                value = sup.fs.read_limit(path, "memory.max")
+                if value is not None:
+                    return value
+            path = path.parent
+        return None
+
+    def _current(self, path: CgroupPath) -> int:
+        assert self.sup is not None
+        try:
+            return self.sup.fs.read_int(path, "memory.current")
+        except OomguardError:
+            return 0
+
+    def _member(self, svc: Service) -> pp.Member:
+        running = svc.rec.state in (rp.State.RUNNING, rp.State.STARTING) and svc.child is not None
+        return pp.Member(
+            name=svc.name,
+            criticality=svc.criticality,
+            current=self._current(svc.cgroup),
+            running=running,
+            evictable=svc.cfg.evictable and not svc.is_primary,
+            is_primary=svc.is_primary,
+        )
+
+    def _evaluate(self, budget: Budget, why: str) -> None:
+        sup = self.sup
+        assert sup is not None
+        if sup.shutdown is not None:
+            return
+        try:
+            current = sup.fs.read_int(budget.cgroup, "memory.current")
+            psi = sup.fs.read_pressure(budget.cgroup)
+        except Vanished:
+            return
+        except OomguardError:
+            psi = None
+            current = self._current(budget.cgroup)
+        sample = pp.BudgetSample(
+            name=budget.name,
+            current=current,
+            limit=self._limit(budget),
+            high_delta=budget.high_delta,
+            psi_some_avg10=psi.some.avg10 if psi is not None else None,
+            psi_fired=budget.psi_fired,
+            members=tuple(self._member(sup.services[m]) for m in budget.members),
+        )
+        budget.high_delta = 0
+        budget.psi_fired = False
+        primary = sup.services[sup.primary]
+        prim_current = self._current(primary.cgroup)
+        watermark = sup.config.primary.watermark
+        if (
+            budget.name == PRIMARY_BUDGET
+            and watermark is not None
+            and sample.high_delta > 0
+            and prim_current <= watermark
+        ):
+            # Throttled at memory.high == watermark: reclaim holds memory.current just under
+            # it, but the primary wants more. That is "over its watermark".
+            prim_current = watermark + 1
+        prim_sample = pp.PrimarySample(current=prim_current, watermark=watermark)
+        budget.state, actions = pp.evaluate(
+            budget.state,
+            sample,
+            budget.thresholds,
+            sup.now,
+            sup.config.oomguard.mode,
+            primary=prim_sample,
+        )
+        budget.next_at = pp.next_sample_at(budget.state, budget.thresholds, sup.now)
+        for action in actions:
+            self._apply(budget, action, why)
+
+    def _apply(self, budget: Budget, action: pp.PressureAction, why: str) -> None:
+        sup = self.sup
+        assert sup is not None
+        if isinstance(action, pp.WouldDo):
+            inner = action.action
+            kind = {
+                pp.Evict: "would_evict",
+                pp.Restore: "would_restore",
+                pp.ControlledRestart: "would_restart",
+            }[type(inner)]
+            name = inner.primary if isinstance(inner, pp.ControlledRestart) else inner.name
+            reason = getattr(inner, "reason", "clear")
+            sup.log.warn(kind, budget=budget.name, service=name, reason=reason, **inner.figures)
+            sup.emit(
+                kind,
+                sup.services[name].cgroup,
+                service=name,
+                budget=budget.name,
+                reason=reason,
+                trigger=why,
+                **inner.figures,
+            )
+            return
+        if isinstance(action, pp.Evict):
+            svc = sup.services[action.name]
+            svc.evictions += 1
+            sup.log.warn(
+                "evict",
+                budget=budget.name,
+                service=svc.name,
+                reason=action.reason,
+                **action.figures,
+            )
+            sup.emit(
+                "evict",
+                svc.cgroup,
+                service=svc.name,
+                budget=budget.name,
+                reason=action.reason,
+                trigger=why,
+                **action.figures,
+            )
+            sup.feed(svc, rp.Stop("evict"))
+        elif isinstance(action, pp.Restore):
+            svc = sup.services[action.name]
+            sup.log.info("restore", budget=budget.name, service=svc.name, **action.figures)
+            sup.emit("restore", svc.cgroup, service=svc.name, budget=budget.name, **action.figures)
+            sup.feed(svc, rp.Release())
+        elif isinstance(action, pp.ControlledRestart):
+            svc = sup.services[action.primary]
+            sup.log.error(
+                "controlled_restart",
+                budget=budget.name,
+                service=svc.name,
+                reason=action.reason,
+                **action.figures,
+            )
+            sup.emit(
+                "controlled_restart",
+                svc.cgroup,
+                service=svc.name,
+                budget=budget.name,
+                reason=action.reason,
+                **action.figures,
+            )
+            self.restart_pending[svc.name] = sup.now
+            sup.feed(svc, rp.Stop("controlled_restart"))
