@@ -128,3 +128,62 @@ def test_closed_watcher(tmp_path: Path) -> None:
     assert w.read() == []
     with pytest.raises(ValueError, match="closed"):
         w.watch(tmp_path, "x")
+
+
+def test_removal_watch_reports_rmdir_of_the_directory(
+    watcher: InotifyWatcher[str], tmp_path: Path
+) -> None:
+    db, backup = tmp_path / "db", tmp_path / "backup"
+    db.mkdir()
+    backup.mkdir()
+    (db / "memory.events").write_text("")
+    assert watcher.watch(db / "memory.events", "db") is True
+    assert watcher.watch_removal(db, "db") is True
+    assert watcher.watch_removal(backup, "backup") is True
+    (tmp_path / "unrelated").mkdir()
+    (tmp_path / "unrelated").rmdir()
+    assert watcher.read() == []
+    _touch(db / "memory.events", "x")
+    (db / "memory.events").unlink()
+    db.rmdir()
+    ((key, flags),) = watcher.read()
+    assert key == "db" and WatchEvent.VANISHED in flags and WatchEvent.MODIFIED in flags
+    assert watcher.keys() == ["backup"]  # the sibling's watch (same parent wd) is untouched
+    backup.rename(tmp_path / "elsewhere")  # renamed away counts as gone too
+    assert watcher.read() == [("backup", WatchEvent.VANISHED)]
+    assert watcher.keys() == []
+
+
+def test_removal_watch_of_a_missing_directory_is_false(
+    watcher: InotifyWatcher[str], tmp_path: Path
+) -> None:
+    assert watcher.watch_removal(tmp_path / "gone", "x") is False  # parent exists, child not
+    assert watcher.watch_removal(tmp_path / "no" / "gone", "y") is False  # parent missing too
+    assert watcher.keys() == []
+
+
+def test_unwatching_one_child_keeps_the_shared_parent_watch(
+    watcher: InotifyWatcher[str], tmp_path: Path
+) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    watcher.watch_removal(a, "a")
+    watcher.watch_removal(b, "b")
+    watcher.unwatch("a")
+    a.rmdir()
+    b.rmdir()
+    assert watcher.read() == [("b", WatchEvent.VANISHED)]
+
+
+def test_parent_directory_removed_vanishes_its_removal_watches(
+    watcher: InotifyWatcher[str], tmp_path: Path
+) -> None:
+    parent = tmp_path / "slice"
+    parent.mkdir()
+    (parent / "svc").mkdir()
+    watcher.watch_removal(parent / "svc", "svc")
+    (parent / "svc").rmdir()
+    parent.rmdir()
+    assert watcher.read() == [("svc", WatchEvent.VANISHED)]
+    assert watcher.keys() == []
