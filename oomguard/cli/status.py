@@ -11,10 +11,8 @@ Root, in order: `--root`; the `root` the running supervisor wrote into state.jso
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
@@ -45,6 +43,8 @@ def read_state_file(path: str) -> tuple[dict[str, Any] | None, str | None]:
         return None, None
     except OSError as err:
         return None, f"cannot read {path}: {err.strerror or err}"
+    import json  # only when there is a state file: a cold-start cost otherwise saved
+
     try:
         doc = json.loads(text)
     except ValueError as err:
@@ -131,8 +131,7 @@ def _service_cells(svc: dict[str, Any] | None) -> tuple[str, str]:
     return f"{svc['name']}:{state}", "-" if restarts is None else str(restarts)
 
 
-@dataclass(frozen=True)
-class View:
+class View(NamedTuple):
     """Everything one `status` run shows."""
 
     snap: TreeSnapshot
@@ -324,6 +323,8 @@ def command(as_json: bool, root_opt: str | None, state_dir: str, mount: str | No
         )
     view = View(take_snapshot(fs, root), mount, root_from, state_file, state, problem)
     if as_json:
+        import json
+
         click.echo(json.dumps(to_dict(view), indent=2))
     else:
         import time

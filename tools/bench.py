@@ -1,0 +1,376 @@
+#!/usr/bin/env python3
+"""oomguard benchmarks (`make bench`). Each section measures one thing and prints its figures.
+
+    python3 tools/bench.py                    # every section
+    python3 tools/bench.py --only status      # one (or a comma list)
+    python3 tools/bench.py --only status --vm # the same, inside the QEMU guest on a real tree
+
+Sections register with `@section("name")`; a section is a function taking the parsed args and
+returning an exit status (0 = figures printed and the goal met or merely reported). Add new ones
+at the end of the file.
+
+Timing notes: wall times come from time.perf_counter() around subprocess.run(); a median of
+>= 20 runs and the p90 are printed, with `python -c pass` and `python -c "import click"` as
+baselines measured the same way and interleaved with the measured command, so machine load hits
+all of them alike. The load average is printed first because on a shared 2-core builder it
+matters more than anything we do.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+REPO = Path(__file__).resolve().parent.parent
+#: Cold-start goal for `oomguard status` on the host (ms, median).
+STATUS_GOAL_MS = 80.0
+
+
+SectionFn = Callable[[argparse.Namespace], int]
+SECTIONS: dict[str, SectionFn] = {}
+
+
+def section(name: str) -> Callable[[SectionFn], SectionFn]:
+    """Register a benchmark section under `name` (for --only)."""
+
+    def register(fn: SectionFn) -> SectionFn:
+        SECTIONS[name] = fn
+        return fn
+
+    return register
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty sample."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), round(q / 100 * len(ordered) + 0.5)))
+    return ordered[rank - 1]
+
+
+@dataclass
+class Sample:
+    """Per-run figures of one command: wall seconds, and CPU (user+sys) seconds of the child.
+    CPU time is the steadier figure on a loaded machine: waiting for a core is not counted."""
+
+    wall: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+
+
+def run_once(cmd: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall, cpu) seconds of one run; exits if the command fails (a failing run is no data)."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # wait4 reaps the child and returns its own rusage (no grandchildren, no other children).
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        raise SystemExit(f"bench: {' '.join(cmd)} exited {proc.returncode}: {rerun.stderr[-800:]}")
+    return elapsed, usage.ru_utime + usage.ru_stime
+
+
+def measure(cmds: dict[str, list[str]], env: dict[str, str], runs: int) -> dict[str, Sample]:
+    """Run each command `runs` times, interleaved (a b c a b c ...), after one warm-up each."""
+    for cmd in cmds.values():
+        run_once(cmd, env)  # warm the page cache and the bytecode cache
+    samples = {name: Sample() for name in cmds}
+    for _ in range(runs):
+        for name, cmd in cmds.items():
+            wall, cpu = run_once(cmd, env)
+            samples[name].wall.append(wall)
+            samples[name].cpu.append(cpu)
+    return samples
+
+
+def report(samples: dict[str, Sample]) -> None:
+    width = max(len(n) for n in samples)
+    for name, s in samples.items():
+        ms = [t * 1000 for t in s.wall]
+        cpu = [t * 1000 for t in s.cpu]
+        print(
+            f"  {name:<{width}}  wall median {statistics.median(ms):6.1f} ms  "
+            f"p90 {percentile(ms, 90):6.1f}  min {min(ms):6.1f}   "
+            f"cpu median {statistics.median(cpu):6.1f} ms   (n={len(ms)})"
+        )
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+def oomguard_cmd() -> list[str]:
+    """The console script next to this interpreter (what users run), else `python -m`."""
+    script = Path(sys.executable).with_name("oomguard")
+    if script.is_file():
+        return [sys.executable, str(script)]
+    return [sys.executable, "-m", "oomguard"]
+
+
+def import_profile(cmd: list[str], env: dict[str, str]) -> list[tuple[str, int, int]]:
+    """(module, self_us, cumulative_us) for every import of one run of `cmd` (python argv)."""
+    proc = subprocess.run(
+        [cmd[0], "-X", "importtime", *cmd[1:]],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    rows: list[tuple[str, int, int]] = []
+    for line in proc.stderr.splitlines():
+        if not line.startswith("import time:") or "self [us]" in line:
+            continue
+        head, cum_us, name = line.split("|", 2)
+        rows.append((name.strip(), int(head.split(":")[1]), int(cum_us)))
+    return rows
+
+
+# ----------------------------------------------------------------------- status: trees
+
+
+def _write_fake_cgroup(d: Path, *, memory: bool, pids: Sequence[int], max_: str) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    events = "low 0\nhigh 3\nmax 0\noom 1\noom_kill 1\noom_group_kill 0\n"
+    psi = (
+        "some avg10=0.12 avg60=0.05 avg300=0.01 total=12345\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=99\n"
+    )
+    files = {
+        "cgroup.procs": "".join(f"{p}\n" for p in pids),
+        "cgroup.controllers": "cpu io memory pids\n",
+        "cgroup.subtree_control": "memory pids\n",
+        "cgroup.type": "domain\n",
+        "cgroup.events": "populated 1\nfrozen 0\n",
+        "memory.pressure": psi,
+    }
+    if memory:
+        files |= {
+            "memory.current": "104857600\n",
+            "memory.peak": "209715200\n",
+            "memory.min": "0\n",
+            "memory.low": "0\n",
+            "memory.high": "max\n",
+            "memory.max": f"{max_}\n",
+            "memory.swap.max": "max\n",
+            "memory.oom.group": "0\n",
+            "memory.events": events,
+            "memory.events.local": events,
+        }
+    for name, text in files.items():
+        (d / name).write_text(text)
+
+
+#: The benchmark tree: what a PostgreSQL + three sidecars config builds.
+TREE = (
+    "supervisor",
+    "db",
+    "sidecars",
+    "sidecars/pgbouncer",
+    "sidecars/backup",
+    "sidecars/exporter",
+)
+
+
+@contextlib.contextmanager
+def fake_tree(pid: int) -> Iterator[tuple[str, str]]:
+    """(mount, root) of a fake cgroup2 tree of plain files in a temp dir."""
+    with tempfile.TemporaryDirectory(prefix="oomguard-bench-") as tmp:
+        mount = Path(tmp)
+        _write_fake_cgroup(mount / "oomguard", memory=True, pids=(), max_="1073741824")
+        for rel in TREE:
+            _write_fake_cgroup(mount / "oomguard" / rel, memory=True, pids=(pid,), max_="max")
+        yield str(mount), "/oomguard"
+
+
+def _cg_write(path: Path, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def real_tree() -> Iterator[tuple[str, str]]:
+    """(mount, root) of a real slice tree under the cgroup2 mount, with a sleeping process in
+    every leaf; killed and removed afterwards. Needs root and the memory controller."""
+    sys.path.insert(0, str(REPO))
+    from oomguard.cgroup.discover import find_cgroup2_mount
+
+    found = find_cgroup2_mount()
+    if found is None or "memory" not in (found / "cgroup.controllers").read_text().split():
+        raise SystemExit("bench: --real-tree needs a cgroup2 mount with the memory controller")
+    root = found / f"oomguard-bench-{os.getpid()}"
+    made: list[Path] = []
+    sleepers: list[subprocess.Popen[bytes]] = []
+    try:
+        root.mkdir()
+        made.append(root)
+        _cg_write(root / "cgroup.subtree_control", "+memory +pids")
+        _cg_write(root / "memory.max", str(1 << 30))
+        for rel in TREE:
+            d = root / rel
+            d.mkdir()
+            made.append(d)
+            if rel == "sidecars":
+                _cg_write(d / "cgroup.subtree_control", "+memory +pids")
+                continue
+            script = f'echo $$ > "{d}/cgroup.procs" && exec sleep 600'
+            sleepers.append(subprocess.Popen(["sh", "-c", script]))
+        yield str(found), "/" + root.name
+    finally:
+        for p in sleepers:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+        for d in reversed(made):
+            for _ in range(100):
+                try:
+                    d.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.02)
+
+
+# ----------------------------------------------------------------------- status: section
+
+
+@section("status")
+def bench_status(args: argparse.Namespace) -> int:
+    """Cold start of `oomguard status --root <tree>` vs. interpreter baselines."""
+    if args.vm:
+        return _in_vm(args, "status")
+    print(f"== status cold start (load average {load_average()}, {os.cpu_count()} CPUs)")
+    # Installed packages carry bytecode; give every run a warm cache of its own so the numbers
+    # are what an installed oomguard costs (this checkout sets PYTHONDONTWRITEBYTECODE=1).
+    pycache = tempfile.mkdtemp(prefix="oomguard-bench-pycache-")
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = pycache
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    tree = real_tree() if args.real_tree else fake_tree(os.getpid())
+    try:
+        with tree as (mount, root):
+            status = [*oomguard_cmd(), "status", "--mount", mount, "--root", root]
+            status += ["--state-dir", pycache]
+            check = subprocess.run(status, env=env, capture_output=True, text=True, check=False)
+            if check.returncode != 0 or root not in check.stdout:
+                print(check.stdout + check.stderr)
+                return 1
+            kind = "real cgroup2 tree" if args.real_tree else "fake tree in a temp dir"
+            print(f"  tree: {root} under {mount} ({kind}, {len(TREE) + 1} slices)")
+            print(f"  command: {' '.join(status[1:])}")
+            times = measure(
+                {
+                    "python -c pass": [sys.executable, "-c", "pass"],
+                    "python -c 'import click'": [sys.executable, "-c", "import click"],
+                    "oomguard status": status,
+                },
+                env,
+                args.runs,
+            )
+            report(times)
+            # The same, the way this checkout runs by default: no bytecode for oomguard.
+            raw_env = {k: v for k, v in env.items() if k != "PYTHONPYCACHEPREFIX"}
+            raw_env["PYTHONDONTWRITEBYTECODE"] = "1"
+            raw = measure(
+                {"status, no .pyc (compiled each start)": status}, raw_env, max(5, args.runs // 4)
+            )
+            report(raw)
+            profile = import_profile(status, env)
+    finally:
+        shutil.rmtree(pycache, ignore_errors=True)
+
+    names = {name for name, _, _ in profile}
+    pyd = sorted(n for n in names if n.split(".")[0] == "pydantic")
+    heavy = sorted(n for n in names if n.startswith(("oomguard.config", "oomguard.runtime")))
+    print(f"  pydantic imported: {'YES: ' + ', '.join(pyd[:5]) if pyd else 'no'}")
+    print(f"  oomguard.config/runtime imported: {', '.join(heavy) if heavy else 'no'}")
+    total = sum(s for _, s, _ in profile) / 1000
+    ours = sum(s for n, s, _ in profile if n.startswith("oomguard")) / 1000
+    click_ms = next((c for n, _, c in profile if n == "click"), 0) / 1000
+    print(
+        f"  imports (one -X importtime run): {total:.1f} ms in all, oomguard.* {ours:.1f} ms "
+        f"self, click {click_ms:.1f} ms"
+    )
+    top = sorted(profile, key=lambda r: -r[1])[:8]
+    print("  top self times: " + ", ".join(f"{n} {s / 1000:.1f}" for n, s, _ in top))
+    median_ms = statistics.median(times["oomguard status"].wall) * 1000
+    base_ms = statistics.median(times["python -c pass"].wall) * 1000
+    cpu_ms = statistics.median(times["oomguard status"].cpu) * 1000
+    base_cpu = statistics.median(times["python -c pass"].cpu) * 1000
+    verdict = "met" if median_ms <= STATUS_GOAL_MS else "NOT met"
+    print(
+        f"  goal <= {STATUS_GOAL_MS:.0f} ms wall median (host): {verdict}; status costs "
+        f"{median_ms - base_ms:.1f} ms wall / {cpu_ms - base_cpu:.1f} ms cpu over a bare "
+        f"interpreter start"
+    )
+    if pyd or heavy:
+        return 1
+    return 0
+
+
+def _in_vm(args: argparse.Namespace, name: str) -> int:
+    """Re-run one section inside the QEMU guest (pure cgroup v2) on a real tree."""
+    cmd = [
+        sys.executable,
+        str(REPO / "tools" / "vmrun.py"),
+        "--timeout",
+        str(args.vm_timeout),
+        "--",
+        sys.executable,
+        str(REPO / "tools" / "bench.py"),
+        "--only",
+        name,
+        "--runs",
+        str(args.runs),
+        "--real-tree",
+    ]
+    print(f"== {name}: in the QEMU guest (TCG: expect ~17x the host's times)", flush=True)
+    return subprocess.run(cmd, cwd=REPO, check=False).returncode
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--only", help=f"comma-separated sections ({', '.join(SECTIONS)})")
+    ap.add_argument("--runs", type=int, default=21, help="timed runs per command (>= 20)")
+    ap.add_argument("--vm", action="store_true", help="run the section(s) in the QEMU guest")
+    ap.add_argument("--vm-timeout", type=int, default=900, help="guest time limit, seconds")
+    ap.add_argument("--real-tree", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    wanted = args.only.split(",") if args.only else list(SECTIONS)
+    unknown = [w for w in wanted if w not in SECTIONS]
+    if unknown:
+        ap.error(f"unknown section(s) {', '.join(unknown)}; have {', '.join(SECTIONS)}")
+    rc = 0
+    for name in wanted:
+        rc = max(rc, SECTIONS[name](args))
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
