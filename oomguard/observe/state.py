@@ -6,7 +6,8 @@ The supervisor rewrites the whole file after every change (a start, an exit, a r
     {"version": 1, "pid": 4242, "pid_start": 912345, "updated_at": 1795732262.4,
      "root": "/oomguard", "mode": "enforce",
      "services": {"db": {"state": "RUNNING", "pid": 123, "restarts": 0, "evictions": 0,
-                         "slice": "/oomguard/db", "role": "primary",
+                         "slice": "/oomguard/db", "role": "primary", "criticality": null,
+                         "oom_score_adj": -999,
                          "last_exit": {"code": null, "signal": 9, "oom_killed": true},
                          "started_at": 1795732200.0, "downtime_total": 0.0}}}
 
@@ -62,6 +63,9 @@ class ServiceState(TypedDict, total=False):
     evictions: int
     slice: str
     role: Literal["primary", "sidecar"]
+    #: A sidecar's configured criticality (0..99, higher is evicted later); None for the primary.
+    criticality: int | None
+    oom_score_adj: int
     last_exit: LastExit | None
     started_at: float | None
     downtime_total: float
