@@ -98,6 +98,7 @@ fail() {
     fi
     poweroff -f; reboot -f; sleep 5
 }
+stamp() { [ -n "$OKVM_VERBOSE" ] && echo "vmrun-init: $(cut -d' ' -f1 /proc/uptime)s $*" >&2; }
 for m in @MODULES@; do
     insmod "/lib/modules/$m" || fail "insmod $m failed"
 done
@@ -110,6 +111,7 @@ until mount -t virtiofs @TAG@ /mnt/host 2>/dev/null; do
 done
 [ -n "$RUN" ] || fail "no okvm.run= on the kernel command line"
 . "/mnt/host$RUN/config.sh" || fail "cannot read $RUN/config.sh"
+stamp "modules loaded, share mounted"
 
 # Overlay: host / (read-only lower) + tmpfs upper, so the guest can write anywhere and nothing
 # it writes outside the bind-mounted working tree survives power-off.
@@ -143,9 +145,11 @@ cp "/mnt/host$RUN/cmd.sh" $R/run/vmrun-cmd.sh || fail "cannot copy cmd.sh"
 # Raw ttys: no \n -> \r\n translation, no echo; the host relays the bytes as they are.
 stty -F /dev/ttyS0 raw -echo 115200
 stty -F /dev/ttyS1 raw -echo 115200
-[ -n "$OKVM_VERBOSE" ] && echo "vmrun-init: starting command" >&2
+stamp "starting the command"
 chroot $R /bin/sh /run/vmrun-cmd.sh < /dev/null > /dev/ttyS0 2> /dev/ttyS1
-echo "$?" > "/mnt/host$RUN/status"
+rc=$?
+stamp "command exited with status $rc"
+echo "$rc" > "/mnt/host$RUN/status"
 sync
 poweroff -f
 reboot -f
