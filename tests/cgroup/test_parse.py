@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from oomguard.cgroup.parse import (
     CgroupParseError,
@@ -226,3 +228,20 @@ def test_pressure_tolerates_extra_fields_and_order() -> None:
 def test_pressure_rejects(text: str) -> None:
     with pytest.raises(CgroupParseError):
         parse_pressure(text, source="memory.pressure")
+
+
+@given(
+    st.dictionaries(
+        st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=20),
+        st.integers(0, 2**63 - 1),
+        max_size=30,
+    )
+)
+def test_flat_keyed_roundtrip(values: dict[str, int]) -> None:
+    text = "".join(f"{k} {v}\n" for k, v in values.items())
+    assert parse_flat_keyed(text) == values
+
+
+@given(st.lists(st.integers(1, 4194304), max_size=50))
+def test_procs_roundtrip(pids: list[int]) -> None:
+    assert parse_procs("".join(f"{p}\n" for p in pids)) == pids
