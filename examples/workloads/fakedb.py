@@ -12,6 +12,15 @@ import sys
 import time
 
 MB = 1 << 20
+PAGE = 4096
+
+
+def touched(n):
+    """n bytes, every page written once: resident and charged to the cgroup, without the CPU
+    cost of filling them (which matters ~17x under an emulated CPU)."""
+    buf = bytearray(n)
+    buf[::PAGE] = b"x" * len(range(0, n, PAGE))
+    return buf
 stop = False
 
 
@@ -29,7 +38,7 @@ grow = float(os.environ.get("FAKEDB_GROW_MB_S", "0"))
 path = os.environ.get("FAKEDB_HEARTBEAT")
 blocks = []
 for _ in range(size):
-    blocks.append(bytearray(b"x" * MB))  # touched, so it is resident and charged
+    blocks.append(touched(MB))  # touched, so it is resident and charged
 out = open(path, "a", buffering=1) if path else sys.stdout
 out.write(f"ready pid={os.getpid()} mb={size}\n")
 out.flush()
@@ -42,7 +51,7 @@ while not stop:
     if grow:
         want = grow * (now - start)
         while grown < want:
-            blocks.append(bytearray(b"x" * MB))
+            blocks.append(touched(MB))
             grown += 1
     time.sleep(interval)
 out.write(f"shutdown pid={os.getpid()}\n")

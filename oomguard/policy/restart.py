@@ -530,11 +530,12 @@ def _restart_policy(
         actions.append(_emit(rec, "spawn_failed", message=error, attempt=rec.attempt))
     else:
         assert info is not None
-        kind = "oom_kill" if info.oom_killed else "exit"
+        # Always "exit" (with oom_killed=true when it was one): the supervisor logs the kernel's
+        # kill itself as "oom_kill" from memory.events, with the figures; one event per kill.
         actions.append(
             _emit(
                 rec,
-                kind,
+                "exit",
                 pid=rec.pid,
                 was=rec.state.value,
                 requested=False,

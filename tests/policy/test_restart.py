@@ -234,7 +234,7 @@ def test_essential_fatal_emits_fatal_with_the_exit() -> None:
     rec, actions = decide(params, running(params), Exited(OOM), 5.0)
     assert rec.state is State.FATAL
     assert non_emits(actions) == [Fatal("svc", OOM)]
-    assert emits(actions, "oom_kill") and emits(actions, "fatal")
+    assert emits(actions, "exit")[0].fields["oom_killed"] is True and emits(actions, "fatal")
 
 
 def test_explicit_start_from_fatal_forgets_earlier_failures() -> None:
@@ -301,7 +301,7 @@ def test_oom_kill_is_a_failure_and_reported_as_such() -> None:
     rec, actions = decide(params, running(params), Exited(OOM), 5.0)
     assert rec.state is State.BACKOFF
     assert rec.last_exit is not None and rec.last_exit.oom_killed
-    emit = emits(actions, "oom_kill")[0]
+    emit = emits(actions, "exit")[0]
     assert emit.fields["oom_killed"] is True and emit.fields["failed"] is True
     assert emit.fields["signal"] == signal.SIGKILL
     assert emits(actions, "backoff")[0].fields["reason"] == "oom_kill"
@@ -500,7 +500,7 @@ def test_oom_cleanup_counts_as_an_oom_failure() -> None:
     rec, actions = decide(params, rec, Exited(CLEAN), 6.0)
     assert rec.state is State.BACKOFF and rec.attempt == 1
     assert rec.last_exit == ExitInfo(code=0, oom_killed=True)
-    assert emits(actions, "oom_kill")
+    assert emits(actions, "exit")[0].fields["oom_killed"] is True
     assert len(rec.restart_times) == 1
 
 
