@@ -62,9 +62,20 @@ def report(err: OomguardError) -> None:
         click.echo(f"oomguard: hint: {err.hint}", err=True)
 
 
+#: Read-only commands whose output is often piped into `head`: a closed pipe ends them the way
+#: it ends `cat` (SIGPIPE), instead of click turning EPIPE into exit status 1. Never the
+#: supervisor: `run`/`exec` must outlive whoever reads their stdout.
+_PIPE_FRIENDLY = frozenset({"status", "events", "check", "validate"})
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
+    args = list(argv) if argv is not None else sys.argv[1:]
+    if args and args[0] in _PIPE_FRIENDLY:
+        import signal
+
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     try:
-        rv: Any = cli.main(args=list(argv) if argv is not None else None, standalone_mode=False)
+        rv: Any = cli.main(args=args, standalone_mode=False)
     except OomguardError as err:
         report(err)
         sys.exit(int(err.exit_code))
