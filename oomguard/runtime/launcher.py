@@ -29,7 +29,6 @@ import contextlib
 import errno
 import fcntl
 import grp
-import logging
 import os
 import pwd
 import select
@@ -63,7 +62,6 @@ __all__ = [
     "spawn",
 ]
 
-log = logging.getLogger("oomguard.launcher")
 
 LogMode = Literal["inherit", "prefix"]
 
@@ -625,12 +623,6 @@ def spawn(
                 f"{where}: cannot lower oom_score_adj to {adj} without CAP_SYS_RESOURCE; "
                 f"it keeps oomguard's {current}"
             )
-            log.warning(
-                "oom_score_adj_skipped service=%s wanted=%d keeps=%d reason=no_cap_sys_resource",
-                spec.name,
-                adj,
-                current,
-            )
             warnings.append(msg)
         elif adj != current:
             oom_bytes = str(adj).encode()
@@ -736,12 +728,6 @@ def spawn(
                 msg = (
                     f"{where}: could not set oom_score_adj={spec.oom_score_adj}: "
                     f"{_strerror(err)}; it keeps oomguard's value"
-                )
-                log.warning(
-                    "oom_score_adj_failed service=%s wanted=%d errno=%s",
-                    spec.name,
-                    spec.oom_score_adj,
-                    errno.errorcode.get(err, str(err)),
                 )
                 warnings.append(msg)
 

@@ -209,6 +209,9 @@ class Supervisor:
         for path in watched:
             self.local[path] = self._read_local(path)
             self.inotify.watch(self.fs.file_path(path, "memory.events.local"), path)
+            # A removed cgroup sends no IN_IGNORED to watches on its files (seen on 6.1); the
+            # parent directory's IN_DELETE|IN_ISDIR does arrive, reported as VANISHED.
+            self.inotify.watch_removal(self.fs.dir(path), path)
         self.loop.add(self.inotify.fileno(), select.EPOLLIN, ("inotify", None))
         width = max(len(n) for n in cfg.service)
         if any(s.log == "prefix" for s in cfg.service.values()):
@@ -486,6 +489,7 @@ class Supervisor:
             svc.procs_fd = self.fs.open_fd(svc.cgroup, "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
             self.inotify.unwatch(svc.cgroup)
             self.inotify.watch(self.fs.file_path(svc.cgroup, "memory.events.local"), svc.cgroup)
+            self.inotify.watch_removal(self.fs.dir(svc.cgroup), svc.cgroup)
             self.local[svc.cgroup] = self._read_local(svc.cgroup)
             self.log.info("slice_recreated", service=svc.name, slice=str(svc.cgroup))
         except OomguardError as err:
@@ -499,6 +503,11 @@ class Supervisor:
     def _on_inotify(self) -> None:
         changed: list[CgroupPath] = []
         for path, flags in self.inotify.read():
+            if flags & WatchEvent.OVERFLOW:
+                # Events were lost; counters are cumulative, so re-reading every cgroup (done
+                # for all keys, which OVERFLOW is reported on) loses nothing but the timing.
+                changed.append(path)
+                continue
             if flags & WatchEvent.VANISHED:
                 svc = self._service_at(path)
                 if svc is not None:
