@@ -310,58 +310,40 @@ class PressureResponse:
             }[type(inner)]
             name = inner.primary if isinstance(inner, pp.ControlledRestart) else inner.name
             reason = getattr(inner, "reason", "clear")
-            sup.log.warn(kind, budget=budget.name, service=name, reason=reason, **inner.figures)
+            figs = _fields(budget, inner.figures)
+            sup.log.warn(kind, service=name, reason=reason, **figs)
             sup.emit(
-                kind,
-                sup.services[name].cgroup,
-                service=name,
-                budget=budget.name,
-                reason=reason,
-                trigger=why,
-                **inner.figures,
+                kind, sup.services[name].cgroup, service=name, reason=reason, trigger=why, **figs
             )
             return
         if isinstance(action, pp.Evict):
             svc = sup.services[action.name]
             svc.evictions += 1
-            sup.log.warn(
-                "evict",
-                budget=budget.name,
-                service=svc.name,
-                reason=action.reason,
-                **action.figures,
-            )
+            figs = _fields(budget, action.figures)
+            sup.log.warn("evict", service=svc.name, reason=action.reason, **figs)
             sup.emit(
-                "evict",
-                svc.cgroup,
-                service=svc.name,
-                budget=budget.name,
-                reason=action.reason,
-                trigger=why,
-                **action.figures,
+                "evict", svc.cgroup, service=svc.name, reason=action.reason, trigger=why, **figs
             )
             sup.feed(svc, rp.Stop("evict"))
         elif isinstance(action, pp.Restore):
             svc = sup.services[action.name]
-            sup.log.info("restore", budget=budget.name, service=svc.name, **action.figures)
-            sup.emit("restore", svc.cgroup, service=svc.name, budget=budget.name, **action.figures)
+            figs = _fields(budget, action.figures)
+            sup.log.info("restore", service=svc.name, **figs)
+            sup.emit("restore", svc.cgroup, service=svc.name, **figs)
             sup.feed(svc, rp.Release())
         elif isinstance(action, pp.ControlledRestart):
             svc = sup.services[action.primary]
-            sup.log.error(
-                "controlled_restart",
-                budget=budget.name,
-                service=svc.name,
-                reason=action.reason,
-                **action.figures,
-            )
+            figs = _fields(budget, action.figures)
+            sup.log.error("controlled_restart", service=svc.name, reason=action.reason, **figs)
             sup.emit(
-                "controlled_restart",
-                svc.cgroup,
-                service=svc.name,
-                budget=budget.name,
-                reason=action.reason,
-                **action.figures,
+                "controlled_restart", svc.cgroup, service=svc.name, reason=action.reason, **figs
             )
             self.restart_pending[svc.name] = sup.now
             sup.feed(svc, rp.Stop("controlled_restart"))
+
+
+def _fields(budget: Budget, figures: pp.Figures) -> dict[str, Any]:
+    """The decision's figures for the log and the event, with the budget's name. The policy's
+    figures already carry ``budget`` (its sample's name): passing it again as a keyword beside
+    ``**figures`` was a TypeError that crashed the supervisor on its first pressure action."""
+    return {**figures, "budget": budget.name}
