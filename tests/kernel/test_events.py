@@ -157,14 +157,14 @@ def test_oom_group_kills_the_whole_slice(
 def test_populated_flips_with_in_modify(
     fs: CgroupFS, tree: BuiltTree, spawn: Callable[[CgroupPath, str], subprocess.Popen[bytes]]
 ) -> None:
-    exporter = tree.paths["backup"]
-    proc = spawn(exporter, IDLE)
-    assert fs.read_flat(exporter, "cgroup.events")["populated"] == 1
+    backup = tree.paths["backup"]
+    proc = spawn(backup, IDLE)
+    assert fs.read_flat(backup, "cgroup.events")["populated"] == 1
     with INotify() as ino:
-        ino.add_watch(str(fs.file_path(exporter, "cgroup.events")), flags.MODIFY)
+        ino.add_watch(str(fs.file_path(backup, "cgroup.events")), flags.MODIFY)
         assert proc.stdin is not None
         proc.stdin.close()  # the process reads EOF and exits normally
         proc.wait(timeout=60)
         events = ino.read(timeout=10_000)
     assert any(e.mask & flags.MODIFY for e in events)
-    assert fs.read_flat(exporter, "cgroup.events")["populated"] == 0
+    assert fs.read_flat(backup, "cgroup.events")["populated"] == 0
