@@ -143,12 +143,34 @@ hostname "$OKVM_HOSTNAME"
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 cp "/mnt/host$RUN/cmd.sh" $R/run/vmrun-cmd.sh || fail "cannot copy cmd.sh"
 # Raw ttys: no \n -> \r\n translation, no echo; the host relays the bytes as they are.
-stty -F /dev/ttyS0 raw -echo 115200
+stty -F /dev/ttyS0 raw -echo 115200 ${OKVM_ROWS:+rows $OKVM_ROWS cols $OKVM_COLS}
 stty -F /dev/ttyS1 raw -echo 115200
+# Where the host's stream is not a terminal, neither is the command's (else pytest & co. would
+# colour their output for a log file): relay through a pipe, as CI would see it.
+relay() {  # relay NAME TTY: echo the path the command writes to; start a cat if it is a FIFO
+    if [ -n "$3" ]; then echo "$2"; return; fi
+    mkfifo "/run/$1"
+    cat "/run/$1" > "$2" &
+    echo "/run/$1"
+}
+OUT=$(relay out /dev/ttyS0 "$OKVM_OUT_TTY")
+ERR=$(relay err /dev/ttyS1 "$OKVM_ERR_TTY")
 stamp "starting the command"
-chroot $R /bin/sh /run/vmrun-cmd.sh < /dev/null > /dev/ttyS0 2> /dev/ttyS1
+chroot $R /bin/sh /run/vmrun-cmd.sh < /dev/null > "$OUT" 2> "$ERR"
 rc=$?
 stamp "command exited with status $rc"
+# The cat relays end when the last writer closes the FIFO; a daemon the command left behind
+# may hold it open, so give them 2 s.
+( sleep 2; kill $(jobs -p) 2>/dev/null ) > /dev/null 2>&1 &
+wait
+# Power-off does not wait for the UARTs to send what is still buffered: wait until their tx
+# counters stand still (at most 4 s).
+prev=; i=0
+while [ $i -lt 40 ]; do
+    cur=$(grep -o "tx:[0-9]*" /proc/tty/driver/serial | tr "\n" " ")
+    [ "$cur" = "$prev" ] && break
+    prev=$cur; i=$((i + 1)); sleep 0.1
+done
 echo "$rc" > "/mnt/host$RUN/status"
 sync
 poweroff -f
@@ -535,11 +557,18 @@ def _config_script(opts: VmOptions, rw: Sequence[Path]) -> str:
     for p in rw:
         if any(c.isspace() for c in str(p)):
             raise LaunchError(f"cannot bind {p} into the guest: whitespace in the path")
-    return (
-        f"OKVM_RW={shlex.quote(' '.join(str(p) for p in rw))}\n"
-        f"OKVM_HOSTNAME={shlex.quote(opts.hostname)}\n"
-        f"OKVM_VERBOSE={'1' if opts.verbose else ''}\n"
-    )
+    out_tty, err_tty = os.isatty(1), os.isatty(2)
+    lines = [
+        f"OKVM_RW={shlex.quote(' '.join(str(p) for p in rw))}",
+        f"OKVM_HOSTNAME={shlex.quote(opts.hostname)}",
+        f"OKVM_VERBOSE={'1' if opts.verbose else ''}",
+        f"OKVM_OUT_TTY={'1' if out_tty else ''}",
+        f"OKVM_ERR_TTY={'1' if err_tty else ''}",
+    ]
+    if out_tty:
+        size = os.get_terminal_size(1)
+        lines += [f"OKVM_ROWS={size.lines}", f"OKVM_COLS={size.columns}"]
+    return "\n".join(lines) + "\n"
 
 
 def _load_libc() -> ctypes.CDLL | None:
