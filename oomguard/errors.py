@@ -19,7 +19,7 @@ class ExitCode(IntEnum):
     #: Bad config or usage; `check`: oomguard cannot run at all.
     USAGE = 2
     CANNOT_RUN = 2
-    #: The shell convention for "killed by SIGKILL" (128 + 9): what `exec` returns after an OOM kill.
+    #: The shell's "killed by SIGKILL" (128 + 9): what `exec` returns after an OOM kill.
     OOM_KILLED = 137
 
 

@@ -42,7 +42,7 @@ def parse_size(value: str | int) -> int | None:
 
 
 def format_size(value: int | None) -> str:
-    """536870912 -> ``"512M"``; None -> ``"max"``. Exact when the value is a whole unit, else 1 decimal."""
+    """536870912 -> ``"512M"``; None -> ``"max"``. Exact for whole units, else one decimal."""
     if value is None:
         return MAX
     for unit in ("T", "G", "M", "K"):

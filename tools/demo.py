@@ -9,6 +9,8 @@ table, the event log and the primary's heartbeat gaps are printed, and oomguard 
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import os
 import shutil
@@ -53,10 +55,8 @@ def events() -> list[dict[str, object]]:
         return []
     out = []
     for line in lines:
-        try:
+        with contextlib.suppress(ValueError):
             out.append(json.loads(line))
-        except ValueError:
-            pass
     return out
 
 
@@ -72,7 +72,7 @@ def heartbeat_gaps() -> tuple[int, float, set[str]]:
         if parts and parts[0] == "beat":
             beats.append(float(parts[1]))
             pids.add(parts[2])
-    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
     return len(beats), max(gaps, default=0.0), pids
 
 
