@@ -345,6 +345,14 @@ def parse_controllers_text(text: str | None) -> frozenset[str] | None:
     return None if text is None else frozenset(text.split())
 
 
+def parse_limit_text(text: str | None) -> int | None:
+    """A memory.max-style value in bytes; None for "max", a missing file or garbage."""
+    if text is None:
+        return None
+    value = text.strip()
+    return int(value) if value.isdigit() else None
+
+
 @dataclass(frozen=True)
 class ContainerInfo:
     """Why we think we run in a container. `reasons` empty means "looks like a plain host"."""
@@ -472,6 +480,11 @@ class Discovery:
     #: Other processes in our own cgroup (not us): with them there, our cgroup can't hand the
     #: memory controller to children (no-internal-process rule).
     other_procs: tuple[int, ...] | None
+    #: Our own cgroup's memory.max in bytes (None: "max" or no memory controller there) and
+    #: memory.oom.group. In a container these are the container's limit and, on Kubernetes
+    #: >= 1.28, oom.group=1: an OOM at that level kills oomguard together with everything.
+    own_memory_max: int | None
+    own_oom_group: bool | None
     container: ContainerInfo
     psi_system: bool
     psi_cgroup: bool | None
@@ -529,6 +542,8 @@ def discover() -> Discovery:
     root_controllers = controllers = subtree = None
     own_is_root: bool | None = None
     other: tuple[int, ...] | None = None
+    own_max: int | None = None
+    own_group: bool | None = None
     psi_cgroup = cgroup_kill = memory_peak = swap_max = None
     mount_writable = own_writable = False
     pid = os.getpid()
@@ -553,6 +568,9 @@ def discover() -> Discovery:
             if procs_text is not None:
                 other = tuple(int(p) for p in procs_text.split() if p.isdigit() and int(p) != pid)
             psi_cgroup = (own_dir / "memory.pressure").exists()
+            own_max = parse_limit_text(_read(own_dir / "memory.max"))
+            group_text = _read(own_dir / "memory.oom.group")
+            own_group = None if group_text is None else group_text.strip() == "1"
             probe = _probe_dir(own_dir, own_is_root)
             if probe is not None:
                 cgroup_kill = (probe / "cgroup.kill").exists()
@@ -597,6 +615,8 @@ def discover() -> Discovery:
         mount_writable=mount_writable,
         own_dir_writable=own_writable,
         other_procs=other,
+        own_memory_max=own_max,
+        own_oom_group=own_group,
         container=container,
         psi_system=os.path.exists("/proc/pressure/memory"),
         psi_cgroup=psi_cgroup,

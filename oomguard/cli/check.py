@@ -337,6 +337,28 @@ def _feature_items(d: Discovery, cgroup_ok: bool) -> list[Item]:
     else:
         items.append(Item("swap", Level.OK, f"{d.swap_bytes >> 20} MiB swap, limited per slice"))
 
+    if d.own_oom_group:
+        items.append(
+            Item(
+                "own-oom-group",
+                Level.WARN,
+                f"our cgroup {d.own_cgroup} has memory.oom.group=1 (Kubernetes >= 1.28 sets it): "
+                "an OOM at that level kills oomguard along with every service",
+                "keep the sum of slice limits below its memory.max minus oomguard's reserve, "
+                "so OOMs happen inside a slice",
+            )
+        )
+    if d.own_memory_max is not None:
+        from oomguard.units import format_size
+
+        items.append(
+            Item(
+                "own-limit",
+                Level.OK,
+                f"our cgroup's memory.max is {format_size(d.own_memory_max)}: the tree's "
+                "limits must fit below it",
+            )
+        )
     ctx = "; ".join(d.container.reasons) if d.container.in_container else "not in a container"
     items.append(Item("container", Level.OK, ctx))
     if d.is_pid1:

@@ -281,6 +281,13 @@ def test_swaps() -> None:
     )
 
 
+def test_parse_limit_text() -> None:
+    assert dsc.parse_limit_text("2147483648\n") == 2 << 30
+    assert dsc.parse_limit_text("max\n") is None
+    assert dsc.parse_limit_text(None) is None
+    assert dsc.parse_limit_text("") is None
+
+
 def test_ns_inode_and_kernel_version() -> None:
     assert parse_ns_inode("cgroup:[4026531835]") == dsc.INIT_CGROUP_NS_INO
     assert parse_ns_inode(None) is None

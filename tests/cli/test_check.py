@@ -38,6 +38,8 @@ READY = Discovery(
     mount_writable=True,
     own_dir_writable=True,
     other_procs=(),
+    own_memory_max=None,
+    own_oom_group=None,
     container=ContainerInfo((), False),
     psi_system=True,
     psi_cgroup=True,
@@ -283,3 +285,12 @@ def test_live_check_exit_code_matches_its_json() -> None:
     data = json.loads(proc.stdout)
     assert proc.returncode == data["exit_code"]
     assert data["verdict"] in {"ready", "degraded", "cannot-run"}
+
+
+def test_kubernetes_oom_group_on_our_cgroup_warns() -> None:
+    a = assess(replace(DOCKER_RO, own_oom_group=True, own_memory_max=2 << 30))
+    group = item(a, "own-oom-group")
+    assert group.level is Level.WARN
+    assert "memory.oom.group=1" in group.detail
+    assert group.fix is not None and "reserve" in group.fix
+    assert "2G" in item(a, "own-limit").detail
