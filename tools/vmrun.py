@@ -147,22 +147,31 @@ stty -F /dev/ttyS0 raw -echo 115200 ${OKVM_ROWS:+rows $OKVM_ROWS cols $OKVM_COLS
 stty -F /dev/ttyS1 raw -echo 115200
 # Where the host's stream is not a terminal, neither is the command's (else pytest & co. would
 # colour their output for a log file): relay through a pipe, as CI would see it.
-relay() {  # relay NAME TTY: echo the path the command writes to; start a cat if it is a FIFO
-    if [ -n "$3" ]; then echo "$2"; return; fi
-    mkfifo "/run/$1"
-    cat "/run/$1" > "$2" &
-    echo "/run/$1"
-}
-OUT=$(relay out /dev/ttyS0 "$OKVM_OUT_TTY")
-ERR=$(relay err /dev/ttyS1 "$OKVM_ERR_TTY")
+OUT=/dev/ttyS0
+ERR=/dev/ttyS1
+CATS=
+if [ -z "$OKVM_OUT_TTY" ]; then
+    mkfifo /run/out || fail "mkfifo /run/out"
+    cat /run/out > /dev/ttyS0 &
+    CATS="$CATS $!" OUT=/run/out
+fi
+if [ -z "$OKVM_ERR_TTY" ]; then
+    mkfifo /run/err || fail "mkfifo /run/err"
+    cat /run/err > /dev/ttyS1 &
+    CATS="$CATS $!" ERR=/run/err
+fi
 stamp "starting the command"
 chroot $R /bin/sh /run/vmrun-cmd.sh < /dev/null > "$OUT" 2> "$ERR"
 rc=$?
 stamp "command exited with status $rc"
-# The cat relays end when the last writer closes the FIFO; a daemon the command left behind
-# may hold it open, so give them 2 s.
-( sleep 2; kill $(jobs -p) 2>/dev/null ) > /dev/null 2>&1 &
-wait
+if [ -n "$CATS" ]; then
+    # The relays end when the last writer closes the FIFO; a daemon the command left behind
+    # may hold it open, so they get 2 s.
+    ( sleep 2; kill $CATS ) > /dev/null 2>&1 &
+    WATCHDOG=$!
+    wait $CATS 2> /dev/null  # (ash reports a killed relay as "Terminated")
+    kill $WATCHDOG 2> /dev/null
+fi
 # Power-off does not wait for the UARTs to send what is still buffered: wait until their tx
 # counters stand still (at most 4 s).
 prev=; i=0
@@ -515,10 +524,10 @@ def build_initramfs(release: str, cache_dir: Path) -> Path:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    # Drop stale images for this release (older script versions); keep the directory small.
-    for old in cache_dir.glob(f"initramfs-{release}-*.cpio"):
-        if old != target:
-            with contextlib.suppress(OSError):
+    # Drop stale images (older script versions) once nobody can still be about to boot them.
+    for old in cache_dir.glob("initramfs-*.cpio"):
+        with contextlib.suppress(OSError):
+            if old != target and time.time() - old.stat().st_mtime > 3600:
                 old.unlink()
     return target
 
@@ -616,10 +625,14 @@ def _signals_raise() -> Iterator[None]:
 
 
 def _stop(proc: subprocess.Popen[bytes] | None, grace_s: float = 2.0) -> None:
+    """SIGTERM, then SIGKILL after `grace_s` (0: SIGKILL at once), and reap."""
     if proc is None or proc.poll() is not None:
         return
     with contextlib.suppress(ProcessLookupError):
-        proc.terminate()
+        if grace_s > 0:
+            proc.terminate()
+        else:
+            proc.kill()
     try:
         proc.wait(timeout=grace_s)
     except subprocess.TimeoutExpired:
@@ -811,7 +824,7 @@ def run(argv: Sequence[str], opts: VmOptions | None = None) -> RunResult:
         result.exit_code = 128 + e.signum
         result.reason = f"interrupted by signal {e.signum}"
     finally:
-        _stop(vm, grace_s=0.5)
+        _stop(vm, grace_s=0)
         _stop(fsd, grace_s=1.0)
         sel.close()
         for s in listeners:
@@ -862,7 +875,7 @@ def _pump(
         if remaining <= 0 and not timed_out:
             timed_out = True
             _log(f"timeout after {opts.timeout_s:g}s: killing the guest")
-            _stop(vm, grace_s=0.5)
+            _stop(vm, grace_s=0)  # a throwaway guest: nothing to flush
             # Drain what is left for at most a moment, then give up on stragglers.
             deadline = time.monotonic() + 2
             continue
