@@ -7,21 +7,22 @@ so an idle service costs no wakeups at all).
 
 States (supervisord's explicit set, plus EVICTED for the memory-pressure response)::
 
-                     Start                 Spawned, then start_secs pass without an exit
-        STOPPED ───────────────► STARTING ───────────────────────────────────────► RUNNING
-        EXITED  ◄── clean exit /    │  ▲                                           │   │
-        FATAL   ◄── too many        │  │ Tick at next_start_at                     │   │
-           ▲        restarts        │  │                                           │   │
-           │                  exit, │  │               exit (unplanned)            │   │
-           │            SpawnFailed ▼  │   ◄────────────────────────────────────────┘   │
-           └──────────────────── BACKOFF                                                │
-                                   │ Stop: cancels the pending start                    │ Stop
-                                   ▼                                                    ▼
-                           STOPPED / EVICTED ◄── Exited (shutdown / evict) ───────── STOPPING
-                                   │                                                    │
-                EVICTED ── Release ┘► STARTING ◄── Exited (controlled_restart) ─────────┤
-                                                   Exited (oom_cleanup): like a crash ──┘
-                                                   Tick at stop_deadline: KillCgroup
+    STOPPED|EXITED|FATAL ─Start─► STARTING ──Spawned + start_secs──► RUNNING ──Stop──► STOPPING
+                                   ▲    │                              │                  │
+                         Tick at   │    │ exit, SpawnFailed            │ exit             │
+                   next_start_at   │    ▼                              │                  │
+                                   │  restart policy ◄─────────────────┘                  │
+                                   │    ├─► EXITED ("never", or a clean exit              │
+                                   │    │           under "on-failure")                   │
+                                   │    ├─► FATAL (> max_restarts in restart_window)      │
+                                   │    ▼                                                 │
+                                  BACKOFF ──Stop(shutdown|evict)──► STOPPED|EVICTED       │
+                                                                                          │
+    EVICTED ─Release─► STARTING          STOPPING, on Exited, by stop reason: ◄───────────┘
+                                           shutdown -> STOPPED, evict -> EVICTED,
+                                           controlled_restart -> STARTING,
+                                           oom_cleanup -> restart policy
+                                         STOPPING, Tick at stop_deadline: KillCgroup, re-armed
 
 Transitions, by state (any pair not listed is a documented no-op, see below):
 
