@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from oomguard.errors import CgroupError
 
@@ -78,11 +78,12 @@ class HostMode(Enum):
 
 
 # --------------------------------------------------------------------------------------------
-# Pure parsing
+# Pure parsing. The small records are NamedTuples, not frozen dataclasses: `oomguard status`
+# imports this module for its default root, and dataclass code generation at import costs
+# milliseconds per class.
 
 
-@dataclass(frozen=True)
-class MountEntry:
+class MountEntry(NamedTuple):
     """One line of /proc/<pid>/mountinfo (see proc(5)). `root` is the mount's root *inside* its
     filesystem: for a cgroup2 mount, the cgroup that appears as the mount point."""
 
@@ -101,8 +102,7 @@ class MountEntry:
         return "ro" in self.mount_options or "ro" in self.super_options
 
 
-@dataclass(frozen=True)
-class Cgroup2Mount:
+class Cgroup2Mount(NamedTuple):
     path: str
     #: The cgroup shown at `path`, e.g. "/" or "/docker/abc" for a bind of a sub-tree.
     root: str
@@ -113,8 +113,7 @@ class Cgroup2Mount:
     memory_recursiveprot: bool
 
 
-@dataclass(frozen=True)
-class V1Mount:
+class V1Mount(NamedTuple):
     path: str
     root: str
     controllers: frozenset[str]
@@ -123,8 +122,7 @@ class V1Mount:
     read_only: bool
 
 
-@dataclass(frozen=True)
-class ProcCgroup:
+class ProcCgroup(NamedTuple):
     """/proc/<pid>/cgroup: `unified` is the "0::" path (None on a v1-only host); `v1` maps each
     v1 controller (or "name=x") to its path."""
 
@@ -353,8 +351,7 @@ def parse_limit_text(text: str | None) -> int | None:
     return int(value) if value.isdigit() else None
 
 
-@dataclass(frozen=True)
-class ContainerInfo:
+class ContainerInfo(NamedTuple):
     """Why we think we run in a container. `reasons` empty means "looks like a plain host"."""
 
     reasons: tuple[str, ...]

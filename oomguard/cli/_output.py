@@ -1,12 +1,12 @@
 """Small output helpers shared by CLI commands: an aligned text table and JSON with the value
 types discovery and snapshots use (frozensets, enums, paths, dataclasses).
 
-Import-light on purpose (only json): `oomguard status` must start fast.
+Import-light on purpose: `oomguard status` must start fast, so even json is imported only by
+`dumps` (the human table needs none of it).
 """
 
 from __future__ import annotations
 
-import json
 from enum import Enum
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
@@ -25,6 +25,8 @@ def jsonable(value: Any) -> Any:
         return str(value)
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a NamedTuple record
+        return {k: jsonable(v) for k, v in value._asdict().items()}
     if isinstance(value, frozenset | set):
         return sorted(jsonable(v) for v in value)
     if isinstance(value, list | tuple):
@@ -36,6 +38,8 @@ def jsonable(value: Any) -> Any:
 
 
 def dumps(value: Any) -> str:
+    import json
+
     return json.dumps(jsonable(value), indent=2, sort_keys=False)
 
 

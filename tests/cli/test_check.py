@@ -258,6 +258,7 @@ def test_command_human_and_json(monkeypatch: pytest.MonkeyPatch) -> None:
     assert keys["cgroup-v2"]["level"] == "fail"
     assert "systemd.unified_cgroup_hierarchy=1" in keys["cgroup-v2"]["fix"]
     assert data["facts"]["mode"] == "hybrid"
+    assert data["facts"]["mount"]["path"] == "/sys/fs/cgroup/unified"  # records keep names
     assert data["facts"]["v1_controllers"] == ["memory", "pids"]
 
 
