@@ -70,7 +70,9 @@ _PIPE_FRIENDLY = frozenset({"status", "events", "check", "validate"})
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     args = list(argv) if argv is not None else sys.argv[1:]
-    if args and args[0] in _PIPE_FRIENDLY:
+    # Only as the real program: a caller that passes argv (a test, an embedding) keeps its own
+    # SIGPIPE disposition, which is process-wide and would outlive this call.
+    if argv is None and args and args[0] in _PIPE_FRIENDLY:
         import signal
 
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
