@@ -45,7 +45,15 @@ def supervise(config: Config, *, init: bool) -> Outcome:
     from oomguard.observe.log import Logger
     from oomguard.runtime.supervisor import Supervisor, default_self_cgroup
 
-    mount, own = default_self_cgroup()
+    degraded = degrade_reason(config)
+    if degraded is None:
+        mount, own = default_self_cgroup()
+    else:
+        from pathlib import Path
+
+        from oomguard.cgroup.path import CgroupPath
+
+        mount, own = Path("/sys/fs/cgroup"), CgroupPath(())
     log = Logger(
         sys.stderr,
         config.oomguard.log_format,
@@ -55,7 +63,7 @@ def supervise(config: Config, *, init: bool) -> Outcome:
     )
     from oomguard.runtime.pressure import PressureResponse
 
-    sup = Supervisor(config, CgroupFS(mount), own, log, init=init)
+    sup = Supervisor(config, CgroupFS(mount), own, log, init=init, degraded=degraded)
     sup.extensions.append(PressureResponse())
     if config.oomguard.metrics_listen:
         # Imported only when asked for: prometheus_client is an optional extra.
@@ -63,6 +71,41 @@ def supervise(config: Config, *, init: bool) -> Outcome:
 
         sup.extensions.append(MetricsExtension(config.oomguard.metrics_listen))
     return sup.run()
+
+
+def degrade_reason(config: Config) -> str | None:
+    """Why oomguard cannot build its slice tree here, if it clearly cannot; None otherwise.
+
+    Only unambiguous cases degrade (no cgroup2 mount, memory controller not available to our
+    cgroup, read-only cgroupfs); anything else is tried and fails with the builder's error.
+    With `require_cgroups`, a reason is an error instead.
+    """
+    from oomguard.cgroup.discover import discover
+    from oomguard.errors import CgroupError
+
+    d = discover()
+    reason: str | None = None
+    fix = "run `oomguard check` for what this host offers and how to fix it"
+    if d.mount is None:
+        reason = "no cgroup v2 mount"
+    elif (
+        config.oomguard.cgroup is None
+        and d.controllers is not None
+        and "memory" not in d.controllers
+    ):
+        if d.memory_on_v1:
+            reason = "the memory controller is on cgroup v1 (hybrid host)"
+        else:
+            reason = "the memory controller is not delegated to our cgroup"
+    elif not d.mount_writable or (config.oomguard.cgroup is None and not d.own_dir_writable):
+        reason = "the cgroup filesystem is read-only"
+        fix = (
+            "run the container with --privileged, or podman --security-opt "
+            "unmask=/sys/fs/cgroup, or docker --cgroupns=private with a writable cgroup mount"
+        )
+    if reason is not None and config.oomguard.require_cgroups:
+        raise CgroupError(f"cannot build the slice tree: {reason}", hint=fix)
+    return reason
 
 
 def overrides(

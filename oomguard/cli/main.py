@@ -89,7 +89,18 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
         sys.exit(ExitCode.USAGE if err.exit_code == 2 else err.exit_code)
     except click.exceptions.Exit as err:
         sys.exit(err.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
     except BrokenPipeError:
         # `oomguard events | head`: the reader left; that is not an error of ours.
         sys.exit(0)
+    except Exception as err:
+        # A bug, not a user error: say so in one line, keep the traceback for the report (the
+        # supervisor has already stopped its services on the way out).
+        import traceback
+
+        click.echo(f"oomguard: internal error: {type(err).__name__}: {err}", err=True)
+        click.echo("oomguard: this is a bug; please report it with the traceback below", err=True)
+        traceback.print_exc()
+        sys.exit(70)  # EX_SOFTWARE
     sys.exit(int(rv) if isinstance(rv, int) else 0)

@@ -580,6 +580,11 @@ class OomguardSection(_Model):
     mode: Literal["enforce", "observe"] = "enforce"
     log_format: Literal["kv", "json"] = "kv"
     metrics_listen: Listen = None
+    require_cgroups: StrictBool = Field(
+        default=False,
+        description="Refuse to start without a writable cgroup v2 memory controller, instead of "
+        "running degraded (oom_score_adj only, OOM kills detected from /proc/vmstat).",
+    )
     pressure: PressureConfig = Field(default_factory=PressureConfig)
 
     @property

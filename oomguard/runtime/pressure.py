@@ -87,7 +87,10 @@ class PressureResponse:
     def setup(self, sup: Supervisor) -> None:
         self.sup = sup
         cfg = sup.config
-        assert sup.built is not None
+        if sup.built is None:
+            # Degraded (no slice tree): there is no budget to measure or act on.
+            sup.log.warn("pressure", response="off", reason="no slice tree (degraded mode)")
+            return
         paths = sup.built.paths
         for name, scfg in cfg.slice.items():
             members = tuple(
@@ -155,7 +158,8 @@ class PressureResponse:
 
     def after_turn(self) -> None:
         sup = self.sup
-        assert sup is not None
+        if sup is None:
+            return
         for name, since in list(self.restart_pending.items()):
             svc = sup.services[name]
             if svc.rec.state is rp.State.RUNNING:
@@ -238,6 +242,17 @@ class PressureResponse:
         except OomguardError:
             return 0
 
+    def _stopping(self, budget: Budget) -> str | None:
+        """A member that the pressure response is stopping right now, if any."""
+        sup = self.sup
+        assert sup is not None
+        for name in budget.members:
+            rec = sup.services[name].rec
+            ours = rec.stop_reason in ("evict", "controlled_restart")
+            if rec.state is rp.State.STOPPING and ours:
+                return name
+        return None
+
     def _member(self, svc: Service) -> pp.Member:
         running = svc.rec.state in (rp.State.RUNNING, rp.State.STARTING) and svc.child is not None
         return pp.Member(
@@ -253,6 +268,16 @@ class PressureResponse:
         sup = self.sup
         assert sup is not None
         if sup.shutdown is not None:
+            return
+        stopping = self._stopping(budget)
+        if stopping is not None:
+            # An eviction (or a controlled restart) of a member is still in flight: its memory
+            # is uncharged only when its processes exit, so the budget reads as pressured as
+            # before. Deciding now would evict the next, more critical member for pressure the
+            # first eviction is about to relieve (seen on a real kernel: a sidecar slow to
+            # exit got its more critical neighbour evicted once the cool-down had passed).
+            # The signals stay pending; the next sample judges the budget once it is gone.
+            budget.next_at = sup.now + budget.thresholds.sample_interval
             return
         try:
             current = sup.fs.read_int(budget.cgroup, "memory.current")

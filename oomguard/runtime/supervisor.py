@@ -133,6 +133,7 @@ class Supervisor:
         log: Logger,
         *,
         init: bool = False,
+        degraded: str | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         stdout_fd: int = 1,
@@ -143,6 +144,11 @@ class Supervisor:
         self.self_cgroup = self_cgroup
         self.log = log
         self.init = init or os.getpid() == 1
+        #: Why there is no slice tree (read-only cgroupfs, no memory controller), or None.
+        #: Degraded: services run in oomguard's own cgroup with their oom_score_adj, and an OOM
+        #: kill is recognised from /proc/vmstat's global oom_kill counter at a SIGKILL exit.
+        self.degraded = degraded
+        self.vmstat_oom_kill = _vmstat_oom_kill()
         self.clock = clock
         self.wall = wall
         self.stdout_fd = stdout_fd
@@ -181,6 +187,11 @@ class Supervisor:
             if not ok:
                 self.log.warn("subreaper", error="prctl(PR_SET_CHILD_SUBREAPER) failed")
         self.events = EventLog(cfg.oomguard.state_dir, clock_wall=self.wall)
+        if self.degraded is not None:
+            self._setup_degraded()
+            for ext in self.extensions:
+                ext.setup(self)
+            return
         # The no-internal-process rule: oomguard moves itself into its own leaf first, then
         # controllers can be enabled for the slices (see cgroup/tree.py).
         self.built = treemod.build(self.fs, cfg.tree_spec(), os.getpid(), self.self_cgroup)
@@ -213,6 +224,22 @@ class Supervisor:
             # parent directory's IN_DELETE|IN_ISDIR does arrive, reported as VANISHED.
             self.inotify.watch_removal(self.fs.dir(path), path)
         self.loop.add(self.inotify.fileno(), select.EPOLLIN, ("inotify", None))
+        self._make_services(lambda name: self.built.paths[name] if self.built else self.self_cgroup)
+        for ext in self.extensions:
+            ext.setup(self)
+
+    def _setup_degraded(self) -> None:
+        assert self.degraded is not None
+        self.log.warn(
+            "degraded",
+            reason=self.degraded,
+            effect="no slices or limits; oom_score_adj only; OOM kills seen via /proc/vmstat",
+        )
+        self.emit("degraded", self.self_cgroup, reason=self.degraded)
+        self._make_services(lambda name: self.self_cgroup)
+
+    def _make_services(self, where: Callable[[str], CgroupPath]) -> None:
+        cfg = self.config
         width = max(len(n) for n in cfg.service)
         if any(s.log == "prefix" for s in cfg.service.values()):
             self.pump = launcher.OutputPump(
@@ -223,7 +250,7 @@ class Supervisor:
             )
         for name in cfg.start_order():
             scfg = cfg.service[name]
-            path = self.built.paths[name]
+            path = where(name)
             svc = Service(
                 name=name,
                 cfg=scfg,
@@ -245,12 +272,11 @@ class Supervisor:
                 criticality=100 if scfg.is_primary else scfg.criticality,
                 is_primary=scfg.is_primary,
             )
-            # Opened once, before any fork: the child joins its slice by writing "0" to this fd
-            # between fork and exec, so even its first allocation is charged to the slice.
-            svc.procs_fd = self.fs.open_fd(path, "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+            if self.degraded is None:
+                # Opened once, before any fork: the child joins its slice by writing "0" to
+                # this fd between fork and exec, so even its first allocation is charged there.
+                svc.procs_fd = self.fs.open_fd(path, "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
             self.services[name] = svc
-        for ext in self.extensions:
-            ext.setup(self)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -389,10 +415,12 @@ class Supervisor:
         )
         # Start from zero: an OOM of the previous incarnation must not be blamed on this one.
         svc.oom_pending = False
-        with contextlib.suppress(Vanished):
-            self.local[svc.cgroup] = self._read_local(svc.cgroup)
+        if self.degraded is None:
+            with contextlib.suppress(Vanished):
+                self.local[svc.cgroup] = self._read_local(svc.cgroup)
+        procs_fd = svc.procs_fd if svc.procs_fd >= 0 else None
         try:
-            child = launcher.spawn(spec, svc.procs_fd, cgroup=str(svc.cgroup))
+            child = launcher.spawn(spec, procs_fd, cgroup=str(svc.cgroup))
         except LaunchError as err:
             self.log.error("spawn_failed", service=svc.name, error=err.message, hint=err.hint)
             self.feed(svc, rp.SpawnFailed(str(err)))
@@ -417,6 +445,13 @@ class Supervisor:
         self.log.info("signal", service=svc.name, signal=signal.Signals(signum).name, sent=sent)
 
     def _kill_cgroup(self, svc: Service, reason: str) -> None:
+        if self.degraded is not None:
+            # No slice of its own: the service's process group is the closest thing (each
+            # service is a session leader, so pgid == its pid). Never oomguard's own cgroup.
+            if svc.child is not None:
+                svc.child.signal_group(signal.SIGKILL)
+                self.log.warn("kill", service=svc.name, reason=reason, scope="process_group")
+            return
         try:
             pids = self.fs.procs(svc.cgroup)
             self.fs.kill(svc.cgroup)
@@ -434,11 +469,17 @@ class Supervisor:
             svc = self.by_pid.pop(reaped.pid, None)
             if svc is None:
                 continue  # an orphan reparented to us (PID 1 / subreaper): reaped, nothing more
-            self._close_child(svc)
             st = reaped.status
-            # An OOM kill is a SIGKILL whose slice's memory.events.local oom_kill rose. Re-read
-            # now: the pidfd can be readable before inotify delivers the counter change.
-            self._check_counters(svc.cgroup)
+            if self.degraded is None:
+                # An OOM kill is a SIGKILL whose slice's memory.events.local oom_kill rose.
+                # Re-read now: the pidfd can turn readable before inotify delivers the change.
+                self._check_counters(svc.cgroup)
+            else:
+                self._check_vmstat(svc)
+                # Whatever the process group left behind goes too (as a slice would).
+                if svc.child is not None:
+                    svc.child.signal_group(signal.SIGKILL)
+            self._close_child(svc)
             oom = st.signal == signal.SIGKILL and svc.oom_pending
             exits.append((svc, rp.ExitInfo(code=st.code, signal=st.signal, oom_killed=oom)))
         # Restart order after a shared-budget OOM: least critical first, primary last.
@@ -466,6 +507,8 @@ class Supervisor:
     def _cleanup_slice(self, svc: Service) -> None:
         """After the main process exits, whatever it left in the slice goes too, so the next
         incarnation starts in an empty cgroup (systemd's KillMode=control-group)."""
+        if self.degraded is not None:
+            return  # done on exit, by process group
         try:
             if self.fs.populated(svc.cgroup):
                 self._kill_cgroup(svc, "main_exited")
@@ -601,7 +644,33 @@ class Supervisor:
             # copes (survive_partial_kill); when the main process died, the exit path cleans up.
             self._kill_cgroup(svc, "oom_kill")
 
+    def _check_vmstat(self, svc: Service) -> None:
+        """Degraded mode: /proc/vmstat's oom_kill is global, so a rise during this service's
+        SIGKILL exit is strong but not certain evidence; it is reported as such."""
+        now = _vmstat_oom_kill()
+        if now is not None and self.vmstat_oom_kill is not None and now > self.vmstat_oom_kill:
+            svc.oom_pending = True
+            self.log.warn(
+                "oom_kill",
+                service=svc.name,
+                source="/proc/vmstat",
+                count=now - self.vmstat_oom_kill,
+            )
+            self.emit(
+                "oom_kill",
+                None,
+                service=svc.name,
+                source="vmstat",
+                count=now - self.vmstat_oom_kill,
+            )
+        self.vmstat_oom_kill = now
+
     def _oom_line(self, svc: Service) -> str:
+        if self.degraded is not None:
+            return (
+                f"{svc.name} was killed by the OOM killer "
+                f"(degraded mode, no slice: {self.degraded})"
+            )
         max_ = self.config.service[svc.name].memory_max
         peak = None
         with contextlib.suppress(OomguardError):
@@ -708,12 +777,12 @@ class Supervisor:
         return services
 
     def _flush_state(self) -> None:
-        if not self.dirty or self.built is None:
+        if not self.dirty or (self.built is None and self.degraded is None):
             return
         self.dirty = False
         services = self.state_services()
         doc = make_state(
-            root=str(self.built.root),
+            root=str(self.built.root) if self.built is not None else "",
             mode=self.config.oomguard.mode,
             services=services,
             updated_at=self.wall(),
@@ -729,8 +798,12 @@ class Supervisor:
         for svc in self.services.values():
             if svc.child is not None:
                 # Only reached on an internal error: never leave a service running unsupervised.
-                with contextlib.suppress(OomguardError):
-                    self.fs.kill(svc.cgroup)
+                # (Degraded: its process group; never oomguard's own cgroup.)
+                if self.degraded is not None:
+                    svc.child.signal_group(signal.SIGKILL)
+                else:
+                    with contextlib.suppress(OomguardError):
+                        self.fs.kill(svc.cgroup)
                 self._close_child(svc)
             if svc.procs_fd >= 0:
                 os.close(svc.procs_fd)
@@ -769,6 +842,18 @@ class _PumpRegistry:
 
     def remove(self, fd: int, /) -> None:
         self._loop.remove(fd)
+
+
+def _vmstat_oom_kill() -> int | None:
+    """The kernel's global count of OOM kills (/proc/vmstat, Linux 4.13+), or None."""
+    try:
+        with open("/proc/vmstat", "rb") as f:
+            for line in f:
+                if line.startswith(b"oom_kill "):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 def _alive(pid: int) -> bool:
