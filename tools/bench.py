@@ -193,6 +193,14 @@ TREE = (
 )
 
 
+FAST_STATUS = (
+    "import sys\n"
+    "from oomguard.cli.status import fast_main\n"
+    "rc = fast_main(sys.argv[1:])\n"
+    "sys.exit(2 if rc is None else rc)\n"
+)
+
+
 @contextlib.contextmanager
 def fake_tree(pid: int) -> Iterator[tuple[str, str]]:
     """(mount, root) of a fake cgroup2 tree of plain files in a temp dir."""
@@ -281,11 +289,15 @@ def bench_status(args: argparse.Namespace) -> int:
             kind = "real cgroup2 tree" if args.real_tree else "fake tree in a temp dir"
             print(f"  tree: {root} under {mount} ({kind}, {len(TREE) + 1} slices)")
             print(f"  command: {' '.join(status[1:])}")
+            # The click-free path of oomguard.cli.status.fast_main(), as an entry point that
+            # dispatches `status` before importing click would run it.
+            fast = [sys.executable, "-c", FAST_STATUS, *status[status.index("status") + 1 :]]
             times = measure(
                 {
                     "python -c pass": [sys.executable, "-c", "pass"],
                     "python -c 'import click'": [sys.executable, "-c", "import click"],
                     "oomguard status": status,
+                    "status fast path (no click)": fast,
                 },
                 env,
                 args.runs,
@@ -320,6 +332,8 @@ def bench_status(args: argparse.Namespace) -> int:
     )
     top = sorted(profile, key=lambda r: -r[1])[:8]
     print("  top self times: " + ", ".join(f"{n} {s / 1000:.1f}" for n, s, _ in top))
+    fast_profile = {n for n, _, _ in import_profile(fast, env)}
+    print(f"  fast path imports click: {'yes' if 'click' in fast_profile else 'no'}")
     median_ms = statistics.median(times["oomguard status"].wall) * 1000
     base_ms = statistics.median(times["python -c pass"].wall) * 1000
     cpu_ms = statistics.median(times["oomguard status"].cpu) * 1000

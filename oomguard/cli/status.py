@@ -12,13 +12,16 @@ Root, in order: `--root`; the `root` the running supervisor wrote into state.jso
 from __future__ import annotations
 
 import os
+import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
-
-import click
 
 from oomguard.errors import OomguardError, UsageError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import click
+
     from oomguard.cgroup.path import CgroupPath
     from oomguard.observe.snapshot import SliceSnapshot, TreeSnapshot
 
@@ -269,32 +272,62 @@ def resolve_root(
     return default, "default"
 
 
-@click.command("status")
-@click.option("--json", "as_json", is_flag=True, help="Print full data as JSON.")
-@click.option(
-    "--root",
-    "root_opt",
-    metavar="PATH",
-    help="Cgroup path of the tree under the cgroup2 mount, e.g. /oomguard "
-    "(default: the running supervisor's, else <own cgroup>/oomguard).",
+class Opt(NamedTuple):
+    """One option of `oomguard status`. The click command and the click-free fast parser are
+    both built from `OPTIONS`, so they cannot drift apart."""
+
+    flag: str
+    dest: str
+    takes_value: bool
+    help: str
+    metavar: str | None = None
+    envvar: str | None = None
+    default: str | None = None
+    hidden: bool = False
+
+
+OPTIONS = (
+    Opt("--json", "as_json", False, "Print full data as JSON."),
+    Opt(
+        "--root",
+        "root_opt",
+        True,
+        "Cgroup path of the tree under the cgroup2 mount, e.g. /oomguard "
+        "(default: the running supervisor's, else <own cgroup>/oomguard).",
+        metavar="PATH",
+    ),
+    Opt(
+        "--state-dir",
+        "state_dir",
+        True,
+        "Where the supervisor writes state.json.",
+        metavar="DIR",
+        envvar="OOMGUARD_STATE_DIR",
+        default=DEFAULT_STATE_DIR,
+    ),
+    Opt(
+        "--mount",
+        "mount",
+        True,
+        "cgroup2 mount to read instead of the discovered one (tests, benchmarks).",
+        metavar="DIR",
+        envvar="OOMGUARD_CGROUP_MOUNT",
+        hidden=True,
+    ),
 )
-@click.option(
-    "--state-dir",
-    metavar="DIR",
-    default=DEFAULT_STATE_DIR,
-    show_default=True,
-    envvar="OOMGUARD_STATE_DIR",
-    help="Where the supervisor writes state.json.",
-)
-@click.option(
-    "--mount",
-    metavar="DIR",
-    envvar="OOMGUARD_CGROUP_MOUNT",
-    hidden=True,
-    help="cgroup2 mount to read instead of the discovered one (tests, benchmarks).",
-)
-def command(as_json: bool, root_opt: str | None, state_dir: str, mount: str | None) -> int:
-    """Show the slice tree: memory, events, PSI, pids (read-only)."""
+
+HELP = "Show the slice tree: memory, events, PSI, pids (read-only)."
+
+
+def run(
+    *,
+    as_json: bool,
+    root_opt: str | None,
+    state_dir: str,
+    mount: str | None,
+    echo: Callable[[str], object],
+) -> int:
+    """The whole command, minus argument parsing. Raises OomguardError for the CLI to report."""
     if mount is None:
         from oomguard.cgroup.discover import find_cgroup2_mount
 
@@ -325,9 +358,103 @@ def command(as_json: bool, root_opt: str | None, state_dir: str, mount: str | No
     if as_json:
         import json
 
-        click.echo(json.dumps(to_dict(view), indent=2))
+        echo(json.dumps(to_dict(view), indent=2))
     else:
         import time
 
-        click.echo(render(view, time.time()))
+        echo(render(view, time.time()))
     return 0
+
+
+# ------------------------------------------------------------------- click-free fast path
+
+
+def parse_fast(argv: Sequence[str]) -> dict[str, Any] | None:
+    """Parse `status` arguments without click, or None for anything but the plain forms
+    (``--opt VALUE``, ``--opt=VALUE``, flags): --help, unknown options and mistakes go to
+    click, which explains them. Environment defaults follow click's rule (empty = unset)."""
+    by_flag = {o.flag: o for o in OPTIONS}
+    values: dict[str, Any] = {}
+    for o in OPTIONS:
+        env = os.environ.get(o.envvar) if o.envvar else None
+        values[o.dest] = False if not o.takes_value else (env or o.default)
+    i = 0
+    while i < len(argv):
+        name, eq, value = argv[i].partition("=")
+        opt = by_flag.get(name)
+        if opt is None:
+            return None
+        if not opt.takes_value:
+            if eq:
+                return None
+            values[opt.dest] = True
+        elif eq:
+            values[opt.dest] = value
+        elif i + 1 < len(argv):
+            i += 1
+            values[opt.dest] = argv[i]
+        else:
+            return None
+        i += 1
+    return values
+
+
+def fast_main(argv: Sequence[str]) -> int | None:
+    """`oomguard status ARGS` without importing click: ~10-20 ms less cold start (see
+    tools/bench.py). Returns the exit status, or None if click must handle `argv` (help,
+    errors). For an entry point that dispatches ``status`` here before importing click."""
+    values = parse_fast(argv)
+    if values is None:
+        return None
+
+    def echo(text: str) -> None:
+        sys.stdout.write(text + "\n")
+
+    try:
+        rc = run(echo=echo, **values)
+        sys.stdout.flush()
+    except OomguardError as err:
+        # Same two lines as oomguard.cli.main.report(), which needs click.
+        sys.stderr.write(f"oomguard: error: {err.message}\n")
+        if err.hint:
+            sys.stderr.write(f"oomguard: hint: {err.hint}\n")
+        return int(err.exit_code)
+    except BrokenPipeError:
+        # `oomguard status | head`: the reader left; not an error of ours.
+        return 0
+    return rc
+
+
+# ----------------------------------------------------------------------- the click command
+
+
+def _build_command() -> click.Command:
+    import click
+
+    def callback(**values: Any) -> int:
+        return run(echo=click.echo, **values)
+
+    params: list[click.Parameter] = [
+        click.Option(
+            [o.flag, o.dest],
+            is_flag=not o.takes_value,
+            help=o.help,
+            metavar=o.metavar,
+            envvar=o.envvar,
+            default=o.default if o.takes_value else False,
+            show_default=o.default is not None,
+            hidden=o.hidden,
+        )
+        for o in OPTIONS
+    ]
+    return click.Command("status", callback=callback, params=params, help=HELP)
+
+
+def __getattr__(name: str) -> click.Command:
+    # PEP 562: `command` (what oomguard.cli.main's LazyGroup loads) is built on first access, so
+    # importing this module for fast_main() does not import click.
+    if name == "command":
+        cmd = _build_command()
+        globals()["command"] = cmd
+        return cmd
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -216,3 +216,76 @@ def test_status_imports_no_pydantic_config_or_runtime(tree: Path, tmp_path: Path
     assert proc.returncode == 0, proc.stderr
     assert "/oomguard" in proc.stdout
     assert "BAD=\n" in proc.stderr, proc.stderr
+
+
+# ------------------------------------------------------------------ the click-free fast path
+
+
+def test_parse_fast_plain_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OOMGUARD_STATE_DIR", raising=False)
+    monkeypatch.setenv("OOMGUARD_CGROUP_MOUNT", "/m")
+    assert status.parse_fast(["--json", "--root", "/a", "--state-dir=/s"]) == {
+        "as_json": True,
+        "root_opt": "/a",
+        "state_dir": "/s",
+        "mount": "/m",
+    }
+    monkeypatch.setenv("OOMGUARD_STATE_DIR", "")  # empty counts as unset, as in click
+    monkeypatch.delenv("OOMGUARD_CGROUP_MOUNT")
+    assert status.parse_fast([]) == {
+        "as_json": False,
+        "root_opt": None,
+        "state_dir": "/run/oomguard",
+        "mount": None,
+    }
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["-h"], ["--json=1"], ["--root"], ["--bogus"], ["extra"], ["--roo", "/x"]],
+)
+def test_parse_fast_leaves_everything_else_to_click(argv: list[str]) -> None:
+    assert status.parse_fast(argv) is None
+    assert status.fast_main(argv) is None
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"]])
+def test_fast_path_prints_what_the_click_command_prints(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str]
+) -> None:
+    args = ["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path), *extra]
+    assert status.fast_main(args) == 0
+    fast = capsys.readouterr().out
+    rc, via_click = run(args)
+    assert rc == 0
+    assert fast == via_click
+
+
+def test_fast_path_reports_errors_like_main(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rc = status.fast_main(["--mount", str(tree), "--root", "/nope", "--state-dir", str(tmp_path)])
+    assert rc == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("oomguard: error: cgroup /nope does not exist under")
+    assert err[1].startswith("oomguard: hint: ")
+
+
+def test_fast_path_does_not_import_click(tree: Path, tmp_path: Path) -> None:
+    probe = (
+        "import sys\n"
+        "from oomguard.cli.status import fast_main\n"
+        "rc = fast_main(sys.argv[1:])\n"
+        "sys.stderr.write(f'rc={rc} click={\"click\" in sys.modules}\\n')\n"
+    )
+    args = ["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path)]
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        capture_output=True,
+        text=True,
+        env=_python_env(),
+        check=False,
+        timeout=60,
+    )
+    assert "rc=0 click=False" in proc.stderr, proc.stderr
+    assert "supervisor" in proc.stdout
