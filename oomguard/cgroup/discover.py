@@ -472,7 +472,12 @@ class Discovery:
     subtree_control: frozenset[str] | None
     #: v1 controllers that are bound to a v1 hierarchy (unavailable to cgroup2).
     v1_controllers: frozenset[str]
+    #: The mount is rw and its ROOT directory is writable by us (root, or an explicit tree
+    #: root such as "/oomguard" is possible). A delegated non-root user has False here but
+    #: True in `own_dir_writable`; a read-only mount has both False (see `mount.read_only`).
     mount_writable: bool
+    #: We may mkdir in our own cgroup and write its cgroup.subtree_control (the default tree
+    #: <own>/oomguard is possible).
     own_dir_writable: bool
     #: Other processes in our own cgroup (not us): with them there, our cgroup can't hand the
     #: memory controller to children (no-internal-process rule).
