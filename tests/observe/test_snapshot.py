@@ -93,7 +93,9 @@ def build_tree(mount: Path) -> None:
         max_=str(1 << 30),
         events={"oom": 1, "oom_kill": 1},
     )
-    write_cgroup(mount, "/oomguard/supervisor", pids=(os.getpid(),), current=20 << 20, min_=str(16 << 20))
+    write_cgroup(
+        mount, "/oomguard/supervisor", pids=(os.getpid(),), current=20 << 20, min_=str(16 << 20)
+    )
     write_cgroup(
         mount,
         "/oomguard/db",
