@@ -97,7 +97,7 @@ def degrade_reason(config: Config) -> str | None:
             reason = "the memory controller is on cgroup v1 (hybrid host)"
         else:
             reason = "the memory controller is not delegated to our cgroup"
-    elif not d.mount_writable or (config.oomguard.cgroup is None and not d.own_dir_writable):
+    elif d.mount.read_only or (config.oomguard.cgroup is None and not d.own_dir_writable):
         reason = "the cgroup filesystem is read-only"
         fix = (
             "run the container with --privileged, or podman --security-opt "
