@@ -134,10 +134,14 @@ mount -t tmpfs -o mode=1777 tmpfs $R/dev/shm || fail "/dev/shm"
 mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "/tmp"
 mount -t tmpfs -o mode=0755 tmpfs $R/run || fail "/run"
 mkdir -p $R/run/lock && chmod 1777 $R/run/lock
-# Read-write binds last, so a working tree under /tmp or /run lands on top of those tmpfs mounts.
+# Binds last, so a working tree (or a venv) under /tmp or /run lands on top of those tmpfs mounts.
 for d in $OKVM_RW; do
     [ "$d" = / ] && continue
     mkdir -p "$R$d" && mount --bind "/mnt/host$d" "$R$d" || fail "cannot bind $d read-write"
+done
+for d in $OKVM_RO; do
+    mkdir -p "$R$d" && mount --bind "/mnt/host$d" "$R$d" && mount -o remount,bind,ro "$R$d" \
+        || fail "cannot bind $d read-only"
 done
 hostname "$OKVM_HOSTNAME"
 ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
@@ -202,6 +206,7 @@ class VmOptions:
     kernel: Path | None = None
     cwd: Path | None = None
     rw_paths: tuple[Path, ...] = ()
+    ro_paths: tuple[Path, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     verbose: bool = False
     timing: bool = False
@@ -562,13 +567,42 @@ def _command_script(argv: Sequence[str], cwd: Path, env: dict[str, str]) -> str:
     )
 
 
-def _config_script(opts: VmOptions, rw: Sequence[Path]) -> str:
-    for p in rw:
+#: Host directories the guest replaces with its own (fresh tmpfs or kernel file systems): host
+#: files there are invisible in the guest unless bound in.
+SHADOWED = (Path("/tmp"), Path("/run"), Path("/dev"), Path("/proc"), Path("/sys"))
+
+
+def _under(path: Path, dirs: Sequence[Path]) -> bool:
+    return any(path == d or d in path.parents for d in dirs)
+
+
+def auto_ro_paths(
+    argv: Sequence[str], cwd: Path, env: dict[str, str], rw: Sequence[Path]
+) -> list[Path]:
+    """Directories to bind read-only so that the command itself exists in the guest: a program
+    (e.g. a venv's python) under /tmp or /run would otherwise vanish under the guest's tmpfs."""
+    found = argv[0] if "/" in argv[0] else shutil.which(argv[0], path=env.get("PATH"))
+    if not found:
+        return []
+    out: list[Path] = []
+    program = cwd / found
+    # The venv's python is usually a symlink to a base interpreter elsewhere: check both.
+    for p in (Path(os.path.abspath(program)), Path(os.path.realpath(program))):
+        if not _under(p, SHADOWED) or _under(p, rw) or _under(p, out):
+            continue
+        venv = next((d for d in p.parents if (d / "pyvenv.cfg").is_file()), None)
+        out.append(venv or p.parent)
+    return out
+
+
+def _config_script(opts: VmOptions, rw: Sequence[Path], ro: Sequence[Path]) -> str:
+    for p in (*rw, *ro):
         if any(c.isspace() for c in str(p)):
             raise LaunchError(f"cannot bind {p} into the guest: whitespace in the path")
     out_tty, err_tty = os.isatty(1), os.isatty(2)
     lines = [
         f"OKVM_RW={shlex.quote(' '.join(str(p) for p in rw))}",
+        f"OKVM_RO={shlex.quote(' '.join(str(p) for p in ro))}",
         f"OKVM_HOSTNAME={shlex.quote(opts.hostname)}",
         f"OKVM_VERBOSE={'1' if opts.verbose else ''}",
         f"OKVM_OUT_TTY={'1' if out_tty else ''}",
@@ -715,6 +749,11 @@ def run(argv: Sequence[str], opts: VmOptions | None = None) -> RunResult:
     cwd = (opts.cwd or Path.cwd()).resolve()
     rw = [cwd, *(p.resolve() for p in opts.rw_paths)]
     env = guest_env(opts.env)
+    ro = [p.resolve() for p in opts.ro_paths]
+    for p in auto_ro_paths(argv, cwd, env, rw):
+        if p not in ro:
+            _log(f"binding {p} read-only: the guest has its own /{p.parts[1]}")
+            ro.append(p)
 
     # A short, whitespace-free run directory: unix socket paths are limited to 108 bytes, and its
     # path travels on the kernel command line. The guest reads config/cmd from it through the
@@ -730,7 +769,7 @@ def run(argv: Sequence[str], opts: VmOptions | None = None) -> RunResult:
     sel = selectors.DefaultSelector()
     try:
         with _signals_raise():
-            (run_dir / "config.sh").write_text(_config_script(opts, rw))
+            (run_dir / "config.sh").write_text(_config_script(opts, rw, ro))
             (run_dir / "cmd.sh").write_text(_command_script(argv, cwd, env))
             vfs_sock = run_dir / "vfs.sock"
             fsd_log = open(run_dir / "virtiofsd.log", "wb")  # noqa: SIM115 (closed below)
@@ -971,6 +1010,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--env", type=_parse_env, action="append", default=[], metavar="K=V")
     p.add_argument("--rw", type=Path, action="append", default=[], metavar="PATH",
                    help="also bind PATH read-write (the cwd always is)")  # fmt: skip
+    p.add_argument("--ro", type=Path, action="append", default=[], metavar="PATH",
+                   help="bind PATH read-only over the guest's own /tmp, /run, ...")  # fmt: skip
     p.add_argument("--cache-dir", type=Path, help="initramfs cache (default: %(default)s)")
     p.add_argument("--verbose", "-v", action="store_true", help="kernel log, qemu command line")
     p.add_argument("--timing", action="store_true", help="print boot/total time on stderr")
@@ -1010,6 +1051,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         accel=args.accel,
         kernel=args.kernel,
         rw_paths=tuple(args.rw),
+        ro_paths=tuple(args.ro),
         env=tuple(args.env),
         verbose=args.verbose,
         timing=args.timing,
