@@ -886,20 +886,12 @@ def _pump(
     sys.stdout.flush()
     sys.stderr.flush()
     assert vm.stdout is not None and vm.stderr is not None
-    qemu_err = bytearray()
-
-    def on_qemu_stdout(data: bytes) -> None:
-        relay.guest_stderr(data)
-
-    def on_qemu_stderr(data: bytes) -> None:
-        qemu_err.extend(data)
-        relay.guest_stderr(data)
-
+    # qemu's own messages (it has no monitor or console on stdio) go to our stderr.
     sinks = {
         "ttyS0": relay.guest_stdout,
         "ttyS1": relay.guest_stderr,
-        "qemu-out": on_qemu_stdout,
-        "qemu-err": on_qemu_stderr,
+        "qemu-out": relay.guest_stderr,
+        "qemu-err": relay.guest_stderr,
     }
     for name, lsock in listeners.items():
         sel.register(lsock, selectors.EVENT_READ, ("listen", name))
@@ -944,10 +936,18 @@ def _pump(
                 sinks[name](data)
             else:
                 sel.unregister(key.fileobj)
+                if isinstance(key.fileobj, socket.socket):
+                    key.fileobj.close()
                 open_streams -= 1
-        if vm.poll() is not None and open_streams > 0 and not sel.get_map():
-            break
     vm.wait()
+    # After a timeout some streams may still be open: close the accepted connections and the
+    # pipes (the listening sockets belong to run()).
+    for key in list(sel.get_map().values()):
+        if key.data[0] == "data" and isinstance(key.fileobj, socket.socket):
+            sel.unregister(key.fileobj)
+            key.fileobj.close()
+    vm.stdout.close()
+    vm.stderr.close()
     relay.flush()
     if relay.first_output is not None:
         result.first_output_s = relay.first_output - start
