@@ -19,8 +19,7 @@ A name is refused when it could escape the tree or that the kernel would refuse 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from oomguard.errors import OomguardError
 
@@ -64,25 +63,61 @@ def check_name(name: str) -> str:
     return name
 
 
-@dataclass(frozen=True, slots=True)
 class CgroupPath:
     """A cgroup path relative to the cgroup2 mount root; ``CgroupPath(())`` is the root itself.
 
     ``str()`` gives the form /proc/<pid>/cgroup uses: ``"/"`` or ``"/a/b"``.
+
+    An immutable value: equal (and hashing alike) only to a CgroupPath with the same parts, never
+    to a plain tuple, so a path cannot be mixed up with a tuple of names in a set or dict key.
+    Written by hand rather than as a frozen dataclass: `oomguard status` imports this module,
+    and `dataclasses` (which imports `inspect` and generates code at import) cost it several
+    milliseconds of CPU per start.
     """
 
-    parts: tuple[str, ...] = ()
+    __slots__ = ("parts",)
+    __match_args__ = ("parts",)
+
+    if TYPE_CHECKING:
+        # A plain slot at run time (set once in __init__; __setattr__ refuses after that),
+        # read-only for the type checker.
+        @property
+        def parts(self) -> tuple[str, ...]: ...
 
     ROOT: ClassVar[CgroupPath]
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.parts, tuple):
+    def __init__(self, parts: tuple[str, ...] = ()) -> None:
+        if not isinstance(parts, tuple):
             raise CgroupPathError(
-                f"CgroupPath parts must be a tuple of names, got {type(self.parts).__name__}",
+                f"CgroupPath parts must be a tuple of names, got {type(parts).__name__}",
                 "use CgroupPath.parse('/a/b') to build one from a string",
             )
-        for part in self.parts:
+        for part in parts:
             check_name(part)
+        object.__setattr__(self, "parts", parts)
+
+    if not TYPE_CHECKING:  # hidden from mypy, which then still flags unknown attributes
+
+        def __setattr__(self, name: str, value: object) -> None:
+            raise AttributeError(f"CgroupPath is immutable: cannot assign to {name!r}")
+
+        def __delattr__(self, name: str) -> None:
+            raise AttributeError(f"CgroupPath is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        # Only an instance of the very same class is equal (as a dataclass's __eq__ would do);
+        # anything else, a tuple included, gets NotImplemented and so compares unequal.
+        if isinstance(other, CgroupPath) and other.__class__ is self.__class__:
+            return self.parts == other.parts
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.parts,))
+
+    def __reduce__(self) -> tuple[type[CgroupPath], tuple[tuple[str, ...]]]:
+        # pickle/copy rebuild through __init__ (which validates again): the default slot-state
+        # restore would go through __setattr__, which refuses.
+        return (type(self), (self.parts,))
 
     @classmethod
     def parse(cls, s: str) -> CgroupPath:
@@ -158,7 +193,9 @@ class CgroupPath:
 
     def __lt__(self, other: CgroupPath) -> bool:
         # Tuple order sorts a parent before its children, which is the order to create them in.
-        return self.parts < other.parts
+        if isinstance(other, CgroupPath):
+            return self.parts < other.parts
+        return NotImplemented
 
 
 CgroupPath.ROOT = CgroupPath(())

@@ -158,3 +158,27 @@ def test_any_valid_path_roundtrips_and_never_escapes(names: list[str]) -> None:
         assert part not in ("", ".", "..")
         assert "/" not in part
         assert "\0" not in part
+
+
+def test_value_semantics_not_a_tuple() -> None:
+    import copy
+    import pickle
+
+    p = CgroupPath.parse("/a/b")
+    assert p == CgroupPath(parts=("a", "b"))
+    assert p != ("a", "b")  # never equal to a plain tuple, nor the same dict key
+    assert p not in {("a", "b"): 1} and ("a", "b") not in {p: 1}
+    assert repr(p) == "CgroupPath('/a/b')"
+    assert copy.copy(p) == p and copy.deepcopy(p) == p
+    assert pickle.loads(pickle.dumps(p)) == p
+    with pytest.raises(AttributeError):
+        del p.parts
+    with pytest.raises(AttributeError):
+        p.extra = 1  # type: ignore[attr-defined]
+    with pytest.raises(TypeError):
+        _ = p < ("a",)  # type: ignore[operator]
+    match p:
+        case CgroupPath(("a", last)):
+            assert last == "b"
+        case _:
+            pytest.fail("positional match on CgroupPath failed")
