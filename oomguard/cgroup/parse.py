@@ -23,15 +23,32 @@ source file when the caller names it).
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from oomguard.errors import CgroupError
 
-# [0-9], not \d: \d also matches non-ASCII digits, which int() would then accept.
-_INT_RE = re.compile(r"-?[0-9]+\Z")
-_PID_RE = re.compile(r"[0-9]+\Z")
-_CONTROLLER_RE = re.compile(r"[a-z_][a-z0-9_]*\Z")
+#: What a controller name may contain (the kernel's are lowercase words like ``hugetlb``,
+#: ``rdma``, ``net_cls``); it must not start with a digit.
+_CONTROLLER_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789_")
+
+# Plain string tests rather than regexes: compiling them cost `oomguard status` part of a
+# millisecond per start, and these run for every value of every file it reads.
+
+
+def _is_digits(s: str) -> bool:
+    """``[0-9]+`` exactly. isascii() first: str.isdigit() alone also accepts non-ASCII digits
+    (e.g. Arabic-Indic), which int() would then happily convert."""
+    return s.isascii() and s.isdigit()
+
+
+def _is_int(s: str) -> bool:
+    """``-?[0-9]+`` exactly: an optional minus, then at least one ASCII digit."""
+    return _is_digits(s[1:] if s.startswith("-") else s)
+
+
+def _is_controller(name: str) -> bool:
+    """``[a-z_][a-z0-9_]*`` exactly."""
+    return bool(name) and not name[0].isdigit() and _CONTROLLER_CHARS.issuperset(name)
 
 
 class CgroupParseError(CgroupError, ValueError):
@@ -50,7 +67,7 @@ def _to_int(token: str, source: str, line: str) -> int:
     # Values in flat-keyed files are unsigned in the kernel, but per-cpu stat drift has been
     # seen to print transiently negative numbers in memory.stat; accept a sign rather than crash
     # the monitor on a counter nobody acts on.
-    if not _INT_RE.match(token):
+    if not _is_int(token):
         raise _err(source, f"{token!r} is not an integer in line {line!r}")
     return int(token)
 
@@ -76,7 +93,7 @@ def parse_flat_keyed(text: str, source: str = "") -> dict[str, int]:
 def parse_int(text: str, source: str = "") -> int:
     """A single integer (memory.current, memory.peak, pids.current); surrounding space ignored."""
     value = text.strip()
-    if not _INT_RE.match(value):
+    if not _is_int(value):
         raise _err(source, f"expected an integer, got {text!r}")
     return int(value)
 
@@ -96,7 +113,7 @@ def parse_procs(text: str, source: str = "") -> list[int]:
     """cgroup.procs: one pid per line, in the kernel's order (not sorted, may repeat briefly)."""
     pids: list[int] = []
     for line in _lines(text):
-        if not _PID_RE.match(line) or int(line) <= 0:
+        if not _is_digits(line) or int(line) <= 0:
             raise _err(source, f"{line!r} is not a pid")
         pids.append(int(line))
     return pids
@@ -106,28 +123,110 @@ def parse_controllers(text: str, source: str = "") -> frozenset[str]:
     """cgroup.controllers / cgroup.subtree_control: ``"cpu io memory pids"``; empty -> empty set."""
     names = text.split()
     for name in names:
-        if not _CONTROLLER_RE.match(name):
+        if not _is_controller(name):
             raise _err(source, f"{name!r} is not a controller name")
     return frozenset(names)
 
 
-@dataclass(frozen=True, slots=True)
+# PsiLine and Pressure are immutable values written out by hand (equality, hash and repr as a
+# frozen dataclass gives them): `oomguard status` imports this module, and `dataclasses` (it
+# imports `inspect` and generates code at import) cost it milliseconds of CPU per start.
+
+
 class PsiLine:
     """One PSI line. avgN are percentages of wall time stalled over N seconds; total_us is the
     cumulative stall time in microseconds (monotonic; diff it for an exact rate)."""
 
-    avg10: float
-    avg60: float
-    avg300: float
-    total_us: int
+    __slots__ = ("avg10", "avg60", "avg300", "total_us")
+    __match_args__ = ("avg10", "avg60", "avg300", "total_us")
+
+    if TYPE_CHECKING:
+        # Plain slots at run time (set once in __init__; __setattr__ refuses after that),
+        # read-only for the type checker.
+        @property
+        def avg10(self) -> float: ...
+        @property
+        def avg60(self) -> float: ...
+        @property
+        def avg300(self) -> float: ...
+        @property
+        def total_us(self) -> int: ...
+
+    def __init__(self, avg10: float, avg60: float, avg300: float, total_us: int) -> None:
+        object.__setattr__(self, "avg10", avg10)
+        object.__setattr__(self, "avg60", avg60)
+        object.__setattr__(self, "avg300", avg300)
+        object.__setattr__(self, "total_us", total_us)
+
+    def _key(self) -> tuple[float, float, float, int]:
+        return (self.avg10, self.avg60, self.avg300, self.total_us)
+
+    if not TYPE_CHECKING:  # hidden from mypy, which then still flags unknown attributes
+
+        def __setattr__(self, name: str, value: object) -> None:
+            raise AttributeError(f"PsiLine is immutable: cannot assign to {name!r}")
+
+        def __delattr__(self, name: str) -> None:
+            raise AttributeError(f"PsiLine is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        # Only an instance of the very same class is equal, never a plain tuple.
+        if isinstance(other, PsiLine) and other.__class__ is self.__class__:
+            return self._key() == other._key()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__qualname__}(avg10={self.avg10!r}, avg60={self.avg60!r}, "
+            f"avg300={self.avg300!r}, total_us={self.total_us!r})"
+        )
+
+    def __reduce__(self) -> tuple[type[PsiLine], tuple[float, float, float, int]]:
+        # pickle/copy rebuild through __init__; slot-state restore would hit __setattr__.
+        return (type(self), self._key())
 
 
-@dataclass(frozen=True, slots=True)
 class Pressure:
     """``some``: at least one task stalled; ``full``: all non-idle tasks stalled at once."""
 
-    some: PsiLine
-    full: PsiLine | None
+    __slots__ = ("full", "some")
+    __match_args__ = ("some", "full")
+
+    if TYPE_CHECKING:
+        # Plain slots at run time, read-only for the type checker (as in PsiLine).
+        @property
+        def some(self) -> PsiLine: ...
+        @property
+        def full(self) -> PsiLine | None: ...
+
+    def __init__(self, some: PsiLine, full: PsiLine | None) -> None:
+        object.__setattr__(self, "some", some)
+        object.__setattr__(self, "full", full)
+
+    if not TYPE_CHECKING:  # hidden from mypy, which then still flags unknown attributes
+
+        def __setattr__(self, name: str, value: object) -> None:
+            raise AttributeError(f"Pressure is immutable: cannot assign to {name!r}")
+
+        def __delattr__(self, name: str) -> None:
+            raise AttributeError(f"Pressure is immutable: cannot delete {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Pressure) and other.__class__ is self.__class__:
+            return (self.some, self.full) == (other.some, other.full)
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash((self.some, self.full))
+
+    def __repr__(self) -> str:
+        return f"{type(self).__qualname__}(some={self.some!r}, full={self.full!r})"
+
+    def __reduce__(self) -> tuple[type[Pressure], tuple[PsiLine, PsiLine | None]]:
+        return (type(self), (self.some, self.full))
 
 
 _PSI_KEYS = ("avg10", "avg60", "avg300", "total")

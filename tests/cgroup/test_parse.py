@@ -245,3 +245,55 @@ def test_flat_keyed_roundtrip(values: dict[str, int]) -> None:
 @given(st.lists(st.integers(1, 4194304), max_size=50))
 def test_procs_roundtrip(pids: list[int]) -> None:
     assert parse_procs("".join(f"{p}\n" for p in pids)) == pids
+
+
+# The token checks are plain string tests (no regex compile at import); they must accept exactly
+# what the documented patterns accept, including refusing non-ASCII digits and a trailing "\n".
+_TOKEN_ALPHABET = st.sampled_from([*"-0123456789az_AZ \n+.", "\u0661", "\u00b2", "\u212a"])
+
+
+@given(st.text(_TOKEN_ALPHABET, max_size=6))
+def test_token_checks_match_their_patterns(token: str) -> None:
+    import re
+
+    from oomguard.cgroup import parse
+
+    assert parse._is_int(token) == bool(re.match(r"-?[0-9]+\Z", token))
+    assert parse._is_digits(token) == bool(re.match(r"[0-9]+\Z", token))
+    assert parse._is_controller(token) == bool(re.match(r"[a-z_][a-z0-9_]*\Z", token))
+
+
+@pytest.mark.parametrize("text", ["\u0661", "1\u00b2", "-", "--1", "+1"])
+def test_parse_int_rejects_non_ascii_digits_and_bare_signs(text: str) -> None:
+    with pytest.raises(CgroupParseError):
+        parse_int(text)
+
+
+def test_psi_records_are_immutable_values() -> None:
+    import copy
+    import pickle
+
+    line = PsiLine(0.12, 0.05, 0.01, 12345)
+    same = PsiLine(avg10=0.12, avg60=0.05, avg300=0.01, total_us=12345)
+    pressure = Pressure(line, None)
+    assert line == same and hash(line) == hash(same)
+    assert line != PsiLine(0.12, 0.05, 0.01, 12346)
+    assert line != (0.12, 0.05, 0.01, 12345)  # a value, not a tuple
+    assert pressure == Pressure(some=same, full=None) and pressure != Pressure(line, line)
+    assert {pressure: 1}[Pressure(same, None)] == 1
+    assert repr(line) == "PsiLine(avg10=0.12, avg60=0.05, avg300=0.01, total_us=12345)"
+    assert repr(pressure) == f"Pressure(some={line!r}, full=None)"
+    for value in (line, pressure):
+        assert copy.deepcopy(value) == value
+        assert pickle.loads(pickle.dumps(value)) == value
+    with pytest.raises(AttributeError):
+        line.avg10 = 1.0  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        del pressure.full
+    with pytest.raises(AttributeError):
+        line.extra = 1  # type: ignore[attr-defined]
+    match pressure:
+        case Pressure(PsiLine(avg10), None):
+            assert avg10 == 0.12
+        case _:
+            pytest.fail("positional match on Pressure/PsiLine failed")
