@@ -12,7 +12,6 @@ pydantic, no config, nothing beyond the standard library and `oomguard.cgroup.pa
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
@@ -450,9 +449,12 @@ def own_cgroup() -> CgroupPath:
     return CgroupPath.parse(rel)
 
 
-@dataclass(frozen=True)
-class Discovery:
-    """Everything `oomguard check` judges, as observed. None means "could not tell"."""
+class Discovery(NamedTuple):
+    """Everything `oomguard check` judges, as observed. None means "could not tell".
+
+    A NamedTuple like the records above (derive variants with ``_replace``): `oomguard status`
+    imports this module for its default root, and a frozen dataclass of this size would pull in
+    `dataclasses` and `inspect` and generate its methods at every start."""
 
     kernel_release: str
     mode: HostMode

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
 import pytest
 from click.testing import CliRunner
@@ -56,8 +55,7 @@ READY = Discovery(
 
 HYBRID_V2 = Cgroup2Mount("/sys/fs/cgroup/unified", "/", False, False, False)
 #: This build host.
-HYBRID = replace(
-    READY,
+HYBRID = READY._replace(
     mode=HostMode.HYBRID,
     cgroup2=(HYBRID_V2,),
     v1=(
@@ -76,8 +74,7 @@ HYBRID = replace(
 
 RO = Cgroup2Mount("/sys/fs/cgroup", "/", True, True, True)
 #: docker run without --privileged on a v2 host.
-DOCKER_RO = replace(
-    READY,
+DOCKER_RO = READY._replace(
     cgroup2=(RO,),
     mount=RO,
     own_is_root=False,
@@ -129,8 +126,7 @@ def test_read_only_cgroupfs_in_container() -> None:
 
 
 def test_not_delegated_cgroup() -> None:
-    d = replace(
-        READY,
+    d = READY._replace(
         own_cgroup="/user.slice/user-1000.slice/session-2.scope",
         own_is_root=False,
         own_dir="/sys/fs/cgroup/user.slice/user-1000.slice/session-2.scope",
@@ -145,8 +141,7 @@ def test_not_delegated_cgroup() -> None:
 
 
 def test_memory_not_enabled_in_parent() -> None:
-    d = replace(
-        READY,
+    d = READY._replace(
         own_cgroup="/app",
         own_is_root=False,
         own_dir="/sys/fs/cgroup/app",
@@ -161,15 +156,14 @@ def test_memory_not_enabled_in_parent() -> None:
 
 
 def test_missing_pids_controller_only_warns() -> None:
-    a = assess(replace(READY, controllers=frozenset({"memory"})))
+    a = assess(READY._replace(controllers=frozenset({"memory"})))
     assert item(a, "pids-controller").level is Level.WARN
     assert a.verdict is Verdict.READY
 
 
 @pytest.mark.parametrize(("root_writable", "level"), [(True, Level.WARN), (False, Level.FAIL)])
 def test_other_processes_in_our_cgroup(root_writable: bool, level: Level) -> None:
-    d = replace(
-        READY,
+    d = READY._replace(
         own_cgroup="/session.scope",
         own_is_root=False,
         own_dir="/sys/fs/cgroup/session.scope",
@@ -183,13 +177,12 @@ def test_other_processes_in_our_cgroup(root_writable: bool, level: Level) -> Non
 
 
 def test_root_cgroup_is_exempt_from_no_internal_process_rule() -> None:
-    own = item(assess(replace(READY, other_procs=(1, 2, 3))), "own-cgroup")
+    own = item(assess(READY._replace(other_procs=(1, 2, 3))), "own-cgroup")
     assert own.level is Level.OK
 
 
 def test_legacy_and_none() -> None:
-    legacy = replace(
-        READY,
+    legacy = READY._replace(
         mode=HostMode.LEGACY,
         cgroup2=(),
         mount=None,
@@ -199,12 +192,12 @@ def test_legacy_and_none() -> None:
     a = assess(legacy)
     assert a.verdict is Verdict.DEGRADED
     assert "cgroup v1" in item(a, "cgroup-v2").detail
-    none = assess(replace(legacy, mode=HostMode.NONE, v1_controllers=frozenset()))
+    none = assess(legacy._replace(mode=HostMode.NONE, v1_controllers=frozenset()))
     assert "mount -t cgroup2" in (item(none, "cgroup-v2").fix or "")
 
 
 def test_cannot_run_when_nothing_works() -> None:
-    d = replace(HYBRID, oom_score_adj_writable=False)
+    d = HYBRID._replace(oom_score_adj_writable=False)
     a = assess(d)
     assert a.verdict is Verdict.CANNOT_RUN
     assert a.exit_code == 2
@@ -212,19 +205,19 @@ def test_cannot_run_when_nothing_works() -> None:
 
 
 def test_cgroups_fine_but_oom_score_adj_unwritable_is_degraded() -> None:
-    a = assess(replace(READY, oom_score_adj_writable=False))
+    a = assess(READY._replace(oom_score_adj_writable=False))
     assert a.verdict is Verdict.DEGRADED
 
 
 def test_old_kernel_features_warn_only() -> None:
-    a = assess(replace(READY, kernel_release="5.10.0", cgroup_kill=False, memory_peak=False))
+    a = assess(READY._replace(kernel_release="5.10.0", cgroup_kill=False, memory_peak=False))
     assert a.verdict is Verdict.READY
     assert item(a, "cgroup.kill").level is Level.WARN
     assert item(a, "memory.peak").level is Level.WARN
 
 
 def test_no_psi_and_unaccounted_swap_warn() -> None:
-    a = assess(replace(READY, psi_system=False, swap_bytes=1 << 30, memory_swap_max=False))
+    a = assess(READY._replace(psi_system=False, swap_bytes=1 << 30, memory_swap_max=False))
     assert item(a, "psi").level is Level.WARN
     swap = item(a, "swap")
     assert swap.level is Level.WARN and "1024 MiB" in swap.detail
@@ -289,7 +282,7 @@ def test_live_check_exit_code_matches_its_json() -> None:
 
 
 def test_kubernetes_oom_group_on_our_cgroup_warns() -> None:
-    a = assess(replace(DOCKER_RO, own_oom_group=True, own_memory_max=2 << 30))
+    a = assess(DOCKER_RO._replace(own_oom_group=True, own_memory_max=2 << 30))
     group = item(a, "own-oom-group")
     assert group.level is Level.WARN
     assert "memory.oom.group=1" in group.detail
