@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -507,6 +506,8 @@ class CgroupFS:
         # A pid read from cgroup.procs can exit and be reused by an unrelated process before we
         # signal it. Pin each one with a pidfd first, then re-read the membership: a pidfd that
         # still refers to a member can be signalled safely, whatever happens to the number.
+        import signal  # here, not at the top: `oomguard status` never kills (~1 ms of enum setup)
+
         pinned: dict[int, int] = {}
         try:
             for pid in pids:
@@ -560,6 +561,8 @@ class CgroupFS:
             raise
 
     def _sys_signal(self, pid: int, pidfd: int, sig: int) -> None:
+        import signal
+
         try:
             if pidfd >= 0:
                 signal.pidfd_send_signal(pidfd, sig)
