@@ -7,12 +7,12 @@ what ``echo 512M > memory.max`` means). ``Ki``/``Mi``/``Gi``/``Ti`` are accepted
 
 from __future__ import annotations
 
-import math
-import re
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?)?[Bb]?\s*$", re.IGNORECASE)
+# `re` and `math` are imported, and the patterns compiled (re caches them), on first parse:
+# `oomguard status` only formats sizes, and compiling these two patterns (IGNORECASE makes the
+# first one dear) plus loading math cost it over a millisecond of CPU per start.
+_SIZE_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?)?[Bb]?\s*$"
 _MULT = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
-_DUR_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$")
+_DUR_PATTERN = r"^\s*(\d+(?:\.\d+)?)\s*(us|ms|s|m|h)?\s*$"
 _DUR_MULT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
 
 #: The kernel's "max" as it is written to and read from limit files.
@@ -21,6 +21,9 @@ MAX = "max"
 
 def parse_size(value: str | int) -> int | None:
     """``"512M"`` -> 536870912, ``"max"`` -> None, ``4096`` -> 4096. Raises ValueError."""
+    import math
+    import re
+
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a size; use e.g. 512M")
     if isinstance(value, int):
@@ -29,7 +32,7 @@ def parse_size(value: str | int) -> int | None:
         return value
     if value.strip().lower() in ("max", "infinity"):
         return None
-    m = _SIZE_RE.match(value)
+    m = re.match(_SIZE_PATTERN, value, re.IGNORECASE)
     if not m:
         raise ValueError(f"{value!r} is not a size; use e.g. 512M, 1.5G, 64Ki, max or plain bytes")
     number, unit = m.group(1), (m.group(2) or "")
@@ -56,13 +59,16 @@ def format_size(value: int | None) -> str:
 
 def parse_duration(value: str | int | float) -> float:
     """``"100ms"`` -> 0.1, ``"30s"`` -> 30.0, ``"5m"`` -> 300.0, ``2`` -> 2.0 (seconds)."""
+    import math
+    import re
+
     if isinstance(value, bool):
         raise ValueError(f"{value!r} is not a duration; use e.g. 100ms, 30s or 5m")
     if isinstance(value, int | float):
         if value < 0 or not math.isfinite(value):
             raise ValueError(f"{value!r} is not a duration >= 0")
         return float(value)
-    m = _DUR_RE.match(value)
+    m = re.match(_DUR_PATTERN, value)
     if not m:
         raise ValueError(f"{value!r} is not a duration; use e.g. 100ms, 30s or 5m")
     return float(m.group(1)) * _DUR_MULT[m.group(2)]
