@@ -218,6 +218,36 @@ def test_status_imports_no_pydantic_config_or_runtime(tree: Path, tmp_path: Path
     assert "BAD=\n" in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("root_args", [["--root", "/oomguard"], []])
+def test_status_imports_no_dataclasses(tree: Path, tmp_path: Path, root_args: list[str]) -> None:
+    """`dataclasses` (and the `inspect` it imports) cost status ~15 ms of CPU per start; the
+    records on its path are NamedTuples or hand-written value classes. Without --root the
+    default-root lookup imports cgroup.discover, so both paths are checked (the second may
+    fail to find a tree here; only the imports matter)."""
+    probe = (
+        "import atexit, sys\n"
+        "before = set(sys.modules)  # whatever site/.pth files loaded is not ours\n"
+        "def dump():\n"
+        "    heavy = [m for m in ('dataclasses', 'inspect') if m in set(sys.modules) - before]\n"
+        "    sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')\n"
+        "    sys.stderr.write(f'DISCOVER={\"oomguard.cgroup.discover\" in sys.modules}\\n')\n"
+        "atexit.register(dump)\n"
+        "from oomguard.cli.main import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = ["status", "--mount", str(tree), "--state-dir", str(tmp_path), *root_args]
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *args],
+        capture_output=True,
+        text=True,
+        env=_python_env(),
+        check=False,
+        timeout=60,
+    )
+    assert "HEAVY=\n" in proc.stderr, proc.stderr
+    assert f"DISCOVER={not root_args}\n" in proc.stderr, proc.stderr
+
+
 # ------------------------------------------------------------------ the click-free fast path
 
 
