@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from oomguard.config.model import Config, ServiceConfig
     from oomguard.observe.log import Logger
 
+#: How long an `oom` rise read on its own stays the explanation for a kill read later: the
+#: kernel bumps both within one OOM, but inotify may deliver them a few loop turns apart.
+OOM_ATTRIBUTION_WINDOW = 2.0
+
 #: Counters of memory.events(.local) that we log when they rise.
 _EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
 
@@ -166,6 +170,8 @@ class Supervisor:
         self.pump: launcher.OutputPump | None = None
         #: Last seen memory.events.local counters per cgroup (root, slices, services).
         self.local: dict[CgroupPath, dict[str, int]] = {}
+        #: When an `oom` rise (limit hit, no kill charged here) was last read, per cgroup.
+        self.oom_seen: dict[CgroupPath, float] = {}
         self.shutdown: _Shutdown | None = None
         self.oom_lines: list[str] = []
         self.dirty = True
@@ -557,7 +563,11 @@ class Supervisor:
                     self._vanished(svc)
                 continue
             changed.append(path)
-        for path in changed:
+        # Deepest first. One OOM raises `oom` in the .local file of the cgroup whose limit was
+        # hit (a budget above the victim, or the victim's own slice) and `oom_kill` in the
+        # victim's: handling the victim first lets it find the budget's rise still unread, and
+        # so name where the limit was hit (see _on_oom_kill).
+        for path in sorted(set(changed), key=lambda p: p.depth, reverse=True):
             self._check_counters(path)
 
     def _service_at(self, path: CgroupPath) -> Service | None:
@@ -565,27 +575,42 @@ class Supervisor:
 
     def _check_counters(self, path: CgroupPath) -> dict[str, int]:
         """Diff memory.events.local of `path` against what we saw last; act on the rises."""
+        delta = self._consume(path)
+        if not delta:
+            return {}
+        if delta.get("oom_kill"):
+            self._on_oom_kill(path, delta)
+        elif delta.get("oom"):
+            # Limit hit here; the kill (if any) is charged to a descendant's .local and handled
+            # there. Logged so that an OOM that reclaim resolved is still visible. Remembered:
+            # the kernel bumps `oom` before it kills, and when the two notifications land in
+            # different loop turns the victim's handler must still find where the limit was.
+            self.oom_seen[path] = self.now
+            self.emit("oom", path, count=delta["oom"], **self._figures(path))
+        return delta
+
+    def _consume(self, path: CgroupPath) -> dict[str, int] | None:
+        """Read memory.events.local of `path`, record it, and return what rose since the last
+        read (None if the cgroup is gone). Every read goes through here so that no rise is
+        consumed without the extensions (the pressure response) seeing it."""
         try:
             new = self._read_local(path)
         except Vanished:
             svc = self._service_at(path)
             if svc is not None:
                 self._vanished(svc)
-            return {}
+            return None
         old = self.local.get(path, {})
         self.local[path] = new
         delta = {k: v - old.get(k, 0) for k, v in new.items() if v > old.get(k, 0)}
-        if not delta:
-            return delta
-        if delta.get("oom_kill"):
-            self._on_oom_kill(path, delta)
-        elif delta.get("oom"):
-            # Limit hit here; the kill (if any) is charged to a descendant's .local and handled
-            # there. Logged so that an OOM that reclaim resolved is still visible.
-            self.emit("oom", path, count=delta["oom"], **self._figures(path))
-        for ext in self.extensions:
-            ext.on_counters(path, delta)
+        if delta:
+            for ext in self.extensions:
+                ext.on_counters(path, delta)
         return delta
+
+    def _oom_recent(self, path: CgroupPath) -> bool:
+        seen = self.oom_seen.get(path)
+        return seen is not None and self.now - seen <= OOM_ATTRIBUTION_WINDOW
 
     def _figures(self, path: CgroupPath) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -605,18 +630,23 @@ class Supervisor:
         # Where was the limit hit? The cgroup whose `.local` oom counter rose: the slice itself,
         # a shared budget above it, or the tree root. Reading the ancestors now also consumes
         # their rises, so their own notifications (which may arrive later) do not log them twice.
-        where: CgroupPath | None = path if delta.get("oom") else None
+        # An `oom` rise read in an earlier turn (see _check_counters) counts too, nearest first;
+        # a rise read now wins over a remembered one.
+        rose_at: CgroupPath | None = None
         for anc in reversed(path.ancestors()):
             if anc not in self.local:
                 continue
-            try:
-                fresh = self._read_local(anc)
-            except Vanished:
-                continue
-            rose = fresh.get("oom", 0) > self.local[anc].get("oom", 0)
-            self.local[anc] = fresh
-            if rose and where is None:
-                where = anc
+            rise = self._consume(anc)
+            if rise and rise.get("oom"):
+                # Remembered for the other victims of the same OOM (a group kill charges
+                # oom_kill to every member's slice, but the budget's `oom` rises once).
+                self.oom_seen[anc] = self.now
+                if rose_at is None:
+                    rose_at = anc
+        seen_at = next(
+            (c for c in [path, *reversed(path.ancestors())] if self._oom_recent(c)), None
+        )
+        where: CgroupPath | None = path if delta.get("oom") else rose_at or seen_at
         figures = self._figures(path)
         limit_figs = self._figures(where) if where is not None and where != path else {}
         victim = None
