@@ -529,20 +529,47 @@ class Supervisor:
         if self.shutdown is not None or self.built is None:
             return
         try:
-            self.built = treemod.build(
-                self.fs, self.config.tree_spec(), None, self.self_cgroup, kill_wait=0.5
-            )
+            self._recreate(svc.cgroup)
             if svc.procs_fd >= 0:
                 os.close(svc.procs_fd)
                 svc.procs_fd = -1
             svc.procs_fd = self.fs.open_fd(svc.cgroup, "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-            self.inotify.unwatch(svc.cgroup)
-            self.inotify.watch(self.fs.file_path(svc.cgroup, "memory.events.local"), svc.cgroup)
-            self.inotify.watch_removal(self.fs.dir(svc.cgroup), svc.cgroup)
-            self.local[svc.cgroup] = self._read_local(svc.cgroup)
             self.log.info("slice_recreated", service=svc.name, slice=str(svc.cgroup))
         except OomguardError as err:
             self.log.error("slice_recreate_failed", service=svc.name, error=str(err))
+
+    def _recreate(self, path: CgroupPath) -> None:
+        """mkdir `path` again, and any budget slice above it that went too, parents first, with
+        their configured limits, and watch them again.
+
+        Only what is missing: `tree.build` would adopt the existing tree, and adopting kills
+        every process in it as an orphan of an earlier run, i.e. every running service. (The
+        root cannot be missing: oomguard's own leaf in it is never empty.)
+        """
+        assert self.built is not None
+        spec = self.config.tree_spec()
+        root = self.built.root
+        by_path = {root.join(*s.path): s for s in spec.slices}
+        inner = {root.join(*s.path[:-1]) for s in spec.slices if len(s.path) > 1}
+        warnings: list[str] = []
+        for p in [*path.ancestors(), path]:
+            slice_spec = by_path.get(p)
+            if slice_spec is None or self.fs.exists(p):
+                continue
+            self.fs.mkdir(p)
+            if p in inner:
+                # Controllers first: a parent must enable them before the children exist, or
+                # the children get no memory.* files (cgroup.subtree_control is top-down).
+                self.fs.enable_controllers(p, spec.controllers)
+            treemod.write_limits(self.fs, p, slice_spec.limits, warnings)
+            self.inotify.unwatch(p)
+            self.inotify.watch(self.fs.file_path(p, "memory.events.local"), p)
+            self.inotify.watch_removal(self.fs.dir(p), p)
+            # A new cgroup's counters start at zero; diffing against the old ones would hide
+            # its first events.
+            self.local[p] = self._read_local(p)
+        for warning in warnings:
+            self.log.warn("tree", detail=warning)
 
     # -- memory.events ----------------------------------------------------------------------
 
