@@ -383,8 +383,13 @@ class Supervisor:
     def _emit_policy(self, svc: Service, action: rp.Emit) -> None:
         fields = dict(action.fields)
         fields.pop("service", None)
-        level = "warn" if action.kind in ("fatal", "backoff", "exit") else "info"
-        if svc.is_primary and action.kind in ("exit", "fatal"):
+        # An exit we asked for (a stop: shutdown, eviction, controlled restart) is routine; an
+        # unplanned one is worth a warning, and an error when it is the primary's.
+        unplanned = action.kind == "fatal" or (
+            action.kind == "exit" and not action.fields.get("requested", False)
+        )
+        level = "warn" if unplanned or action.kind == "backoff" else "info"
+        if svc.is_primary and unplanned:
             level = "error"
         self.log.log(level, action.kind, service=svc.name, **fields)  # type: ignore[arg-type]
         self.emit(action.kind, svc.cgroup, service=svc.name, **fields)
