@@ -590,6 +590,12 @@ class Supervisor:
                 changed.append(path)
                 continue
             if flags & WatchEvent.VANISHED:
+                if self.fs.exists(path):
+                    # Already recreated: the removal was noticed first another way (a Vanished
+                    # read on the exit path) and this report is stale. Its counters may have
+                    # changed since (coalesced into the same report): read them.
+                    changed.append(path)
+                    continue
                 svc = self._service_at(path)
                 if svc is not None:
                     self._vanished(svc)
