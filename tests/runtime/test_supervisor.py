@@ -1,0 +1,217 @@
+"""Supervisor bookkeeping that the real-kernel tests found wrong, pinned down on the host.
+
+A Supervisor is set up (tree built, memory.events.local watched) on the fake cgroupfs of
+tests/cgroup/fakefs.py, whose interface files are plain files: writing a counter file from the
+test raises a real inotify IN_MODIFY, just like the kernel does. No service is ever spawned.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from oomguard.cgroup.path import CgroupPath
+from oomguard.config.model import Config
+from oomguard.observe.log import Logger
+from oomguard.runtime import supervisor as supmod
+from oomguard.runtime.supervisor import Supervisor
+from tests.cgroup.fakefs import FakeCgroupFS
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+P = CgroupPath.parse
+ROOT = P("/og")
+PAIR, LO, HI, DB = P("/og/pair"), P("/og/pair/lo"), P("/og/pair/hi"), P("/og/db")
+COUNTERS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def fs(tmp_path: Path) -> FakeCgroupFS:
+    fake = FakeCgroupFS(tmp_path / "cgroup")
+    # The supervisor moves itself into its leaf: the fake needs to know our pid.
+    fake.add_proc(CgroupPath.ROOT, os.getpid())
+    return fake
+
+
+@pytest.fixture
+def sup(
+    tmp_path: Path, fs: FakeCgroupFS, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Supervisor]:
+    config = Config.from_mapping(
+        {
+            "oomguard": {"cgroup": str(ROOT), "state_dir": str(tmp_path / "state")},
+            "slice": {"pair": {"memory_max": "48M", "oom_group": True}},
+            "service": {
+                "db": {"role": "primary", "command": ["sleep", "1000"]},
+                "hi": {"command": ["sleep", "1000"], "slice": "pair", "criticality": 90},
+                "lo": {"command": ["sleep", "1000"], "slice": "pair", "criticality": 10},
+            },
+        }
+    )
+    # Lowering this test process's own oom_score_adj is not what is under test.
+    monkeypatch.setattr(Supervisor, "_protect_self", lambda self: None, raising=False)
+    s = Supervisor(config, fs, CgroupPath.ROOT, Logger(io.StringIO()), clock=clock)
+    s._setup()
+    s.now = clock()
+    try:
+        yield s
+    finally:
+        s._close()
+
+
+def bump(fs: FakeCgroupFS, path: CgroupPath, **rises: int) -> None:
+    """What the kernel does to memory.events.local: counters only ever go up."""
+    f = fs.dir(path) / "memory.events.local"
+    counts = dict(line.split() for line in f.read_text().splitlines())
+    values = {k: int(counts.get(k, 0)) + rises.get(k, 0) for k in COUNTERS}
+    f.write_text("".join(f"{k} {v}\n" for k, v in values.items()))
+
+
+def events(tmp_path: Path, kind: str) -> list[dict[str, Any]]:
+    lines = (tmp_path / "state" / "events.jsonl").read_text().splitlines()
+    return [e for e in map(json.loads, lines) if e["kind"] == kind]
+
+
+def test_budget_rise_read_in_the_same_turn_names_the_budget(
+    sup: Supervisor, fs: FakeCgroupFS, tmp_path: Path
+) -> None:
+    # The kernel's order: `oom` where the limit was hit, then `oom_kill` in the victim's slice.
+    bump(fs, PAIR, oom=1, max=3)
+    bump(fs, LO, oom_kill=1)
+    seen: list[tuple[CgroupPath, dict[str, int]]] = []
+
+    class Spy:
+        def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
+            seen.append((path, delta))
+
+    sup.extensions.append(Spy())  # type: ignore[arg-type]
+    sup._on_inotify()
+    kills = events(tmp_path, "oom_kill")
+    assert [(k["service"], k["limit_at"]) for k in kills] == [("lo", str(PAIR))]
+    # Read once, not logged again as a separate "oom" of the budget...
+    assert events(tmp_path, "oom") == []
+    # ...and the budget's rises still reached the extensions (the pressure response).
+    assert (PAIR, {"max": 3, "oom": 1}) in seen
+    assert (LO, {"oom_kill": 1}) in seen
+
+
+def test_budget_rise_read_a_turn_earlier_still_names_the_budget(
+    sup: Supervisor, fs: FakeCgroupFS, clock: Clock, tmp_path: Path
+) -> None:
+    bump(fs, PAIR, oom=1)
+    sup._on_inotify()
+    assert [e["slice"] for e in events(tmp_path, "oom")] == [str(PAIR)]
+    clock.t += 0.5
+    sup.now = clock()
+    bump(fs, LO, oom_kill=2)
+    sup._on_inotify()
+    kills = events(tmp_path, "oom_kill")
+    assert [(k["service"], k["limit_at"], k["count"]) for k in kills] == [("lo", str(PAIR), 2)]
+
+
+def test_every_victim_of_a_group_kill_names_the_budget(
+    sup: Supervisor, fs: FakeCgroupFS, clock: Clock, tmp_path: Path
+) -> None:
+    bump(fs, PAIR, oom=1, oom_group_kill=1)
+    bump(fs, HI, oom_kill=2)
+    sup._on_inotify()
+    clock.t += 0.1
+    sup.now = clock()
+    bump(fs, LO, oom_kill=2)  # charged a moment later: another loop turn
+    sup._on_inotify()
+    kills = events(tmp_path, "oom_kill")
+    assert sorted((k["service"], k["limit_at"]) for k in kills) == [
+        ("hi", str(PAIR)),
+        ("lo", str(PAIR)),
+    ]
+
+
+def test_an_old_budget_rise_does_not_explain_a_later_kill(
+    sup: Supervisor, fs: FakeCgroupFS, clock: Clock, tmp_path: Path
+) -> None:
+    bump(fs, PAIR, oom=1)
+    sup._on_inotify()
+    clock.t += supmod.OOM_ATTRIBUTION_WINDOW + 1
+    sup.now = clock()
+    bump(fs, LO, oom_kill=1)
+    sup._on_inotify()
+    assert [k["limit_at"] for k in events(tmp_path, "oom_kill")] == ["outside the tree"]
+
+
+def test_a_slice_of_its_own_limit(sup: Supervisor, fs: FakeCgroupFS, tmp_path: Path) -> None:
+    bump(fs, DB, oom=1, oom_kill=1)
+    sup._on_inotify()
+    assert [(k["service"], k["limit_at"]) for k in events(tmp_path, "oom_kill")] == [
+        ("db", str(DB))
+    ]
+
+
+def test_a_vanished_slice_is_recreated_without_touching_the_others(
+    sup: Supervisor, fs: FakeCgroupFS, tmp_path: Path
+) -> None:
+    # Stand-ins for running services: fake pids in db's and hi's slices.
+    fs.add_proc(DB, 4001)
+    fs.add_proc(HI, 4002)
+    fs.rmdir(LO)
+    sup._on_inotify()  # the removal is noticed through inotify
+    assert fs.exists(LO)
+    assert fs.value(LO, "memory.oom.group") == "1"  # the service's limits are written again
+    # Nobody was killed: the other slices' processes are where they were.
+    assert fs.procs(DB) == [4001]
+    assert fs.procs(HI) == [4002]
+    assert fs.signals == []
+    assert not [op for op in fs.ops if op[0] == "write" and op[2] == "cgroup.kill"]
+    assert [e["service"] for e in events(tmp_path, "slice_vanished")] == ["lo"]
+    # The new cgroup is watched: a kill there is noticed and attributed.
+    bump(fs, LO, oom=1, oom_kill=1)
+    sup._on_inotify()
+    assert [(k["service"], k["limit_at"]) for k in events(tmp_path, "oom_kill")] == [
+        ("lo", str(LO))
+    ]
+
+
+def test_a_stale_removal_report_after_the_slice_came_back_is_not_a_second_removal(
+    sup: Supervisor, fs: FakeCgroupFS, tmp_path: Path
+) -> None:
+    fs.rmdir(LO)
+    # Noticed first on the exit path (a read raised Vanished), before inotify was read.
+    sup._vanished(sup.services["lo"])
+    bump(fs, LO, oom=1, oom_kill=1)  # lands in the same inotify read as the stale removal
+    sup._on_inotify()
+    assert [e["service"] for e in events(tmp_path, "slice_vanished")] == ["lo"]
+    assert [(k["service"], k["limit_at"]) for k in events(tmp_path, "oom_kill")] == [
+        ("lo", str(LO))
+    ]
+
+
+def test_a_vanished_budget_is_recreated_above_its_service(
+    sup: Supervisor, fs: FakeCgroupFS
+) -> None:
+    fs.rmdir(LO)
+    fs.rmdir(HI)
+    fs.rmdir(PAIR)
+    sup._vanished(sup.services["lo"])
+    assert fs.exists(PAIR) and fs.exists(LO)
+    assert fs.value(PAIR, "memory.max") == str(48 << 20)
+    # The budget enables the controllers its children need, before they are made.
+    assert "memory" in fs.value(PAIR, "cgroup.subtree_control").split()
+    assert fs.value(LO, "memory.max") == "max"
