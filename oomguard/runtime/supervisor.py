@@ -193,6 +193,7 @@ class Supervisor:
             if not ok:
                 self.log.warn("subreaper", error="prctl(PR_SET_CHILD_SUBREAPER) failed")
         self.events = EventLog(cfg.oomguard.state_dir, clock_wall=self.wall)
+        self._protect_self()
         if self.degraded is not None:
             self._setup_degraded()
             for ext in self.extensions:
@@ -233,6 +234,37 @@ class Supervisor:
         self._make_services(lambda name: self.built.paths[name] if self.built else self.self_cgroup)
         for ext in self.extensions:
             ext.setup(self)
+
+    def _protect_self(self) -> None:
+        """Take the primary's oom_score_adj (-999) for oomguard itself.
+
+        At the default 0, a tree-level or container-level OOM with no sidecar left would kill
+        oomguard before the primary, and as PID 1 that ends the whole container. At -999, a tie
+        with the primary, the kernel kills the larger of the two (the primary), and oomguard
+        survives to restart it. Not -1000: a child whose own adj write failed would inherit it
+        and be unkillable. Children get their own value written before exec (launcher).
+        """
+        target = -999
+        try:
+            with open("/proc/self/oom_score_adj", "rb") as f:
+                current = int(f.read())
+        except (OSError, ValueError):
+            return
+        if current <= target:
+            return
+        if not launcher.can_lower_oom_score_adj():
+            self.log.warn(
+                "self_oom_score_adj",
+                keeps=current,
+                wanted=target,
+                reason="no CAP_SYS_RESOURCE; a large OOM could pick oomguard before the primary",
+            )
+            return
+        try:
+            with open("/proc/self/oom_score_adj", "wb", buffering=0) as f:
+                f.write(b"%d" % target)
+        except OSError as err:
+            self.log.warn("self_oom_score_adj", keeps=current, error=err.strerror or str(err))
 
     def _setup_degraded(self) -> None:
         assert self.degraded is not None
