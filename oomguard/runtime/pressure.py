@@ -16,6 +16,8 @@ Signals, all event-driven, so an idle oomguard makes no wake-ups:
   supervisor): a cgroup went above memory.high and was sent into reclaim: the earliest cheap
   signal (but not proof of pressure: see `_usage`, page cache alone raises it);
 * a PSI trigger per budget on memory.pressure (EPOLLPRI only: the fd is always readable);
+  the policy's ``psi_some_avg10`` is avg10 capped by the stall rate since the previous reading
+  (`_stall`: avg10 lags ~10 s behind an eviction that ended the stall);
 * headroom (the budget's *unreclaimable* usage against the limit, `_usage`) is read only while a
   budget is pressured or has evictions outstanding, every ``sample_interval`` (default 1 s,
   minimum 1 s).
@@ -64,6 +66,20 @@ class Budget:
     psi_fired: bool = False
     trigger: PsiTrigger | None = None
     next_at: float | None = None
+    #: The previous PSI reading (`_stall`): when, memory.pressure ``some total`` (µs), and the
+    #: stall rate (%) between the two readings before that.
+    psi_at: float | None = None
+    psi_total_us: int | None = None
+    psi_recent: float | None = None
+    #: An eviction of a member was in flight: measure the stall afresh from the next reading.
+    psi_rebase: bool = False
+
+
+#: PSI's avg10 is an exponentially weighted average over ~10 s: a reading older than this says
+#: nothing that avg10 does not.
+PSI_AVG_WINDOW = 10.0
+#: Below this gap between two readings their difference is too noisy to be a rate.
+PSI_MIN_SPAN = 0.5
 
 
 def _thresholds(cfg: PressureConfig) -> pp.Thresholds:
@@ -283,6 +299,43 @@ class PressureResponse:
         except OomguardError:
             return 0
 
+    def _stall(self, budget: Budget, avg10: float, total_us: int) -> float:
+        """The stall figure the policy judges: PSI ``some avg10``, but no more than the stall
+        rate measured since the previous reading (from the cumulative ``total``), when that
+        reading is recent enough to say something.
+
+        Why: avg10 decays over ~10 s, so after the cause of a stall is gone it still reads
+        high. Seen on a real kernel: a leaking sidecar throttled at memory.high during its
+        stop_timeout drove the budget's avg10 to 51 %; once it was evicted the stall stopped
+        (``total`` flat), but the next sample, on avg10 alone, evicted the more critical
+        sidecar too, with 34 % headroom. A stall that is still going on shows in both figures.
+        Right after an eviction that was in flight the figure is 0 until a rate is measured
+        (one sample later): the stall before was the evicted member's.
+        """
+        sup = self.sup
+        assert sup is not None
+        now = sup.now
+        if budget.psi_rebase:
+            # The first reading after an eviction (or controlled restart) that was in flight:
+            # the stall until now was the leaving member's, and avg10 is full of it. Judge the
+            # budget on the stall measured from here (at the next reading, >= 0.5 s on).
+            budget.psi_rebase = False
+            budget.psi_at, budget.psi_total_us, budget.psi_recent = now, total_us, 0.0
+            return 0.0
+        if budget.psi_at is not None and budget.psi_total_us is not None:
+            span = now - budget.psi_at
+            if span < PSI_MIN_SPAN:
+                # Too close to the last reading to measure a rate: keep the last one, and keep
+                # that reading as the base for the next.
+                return avg10 if budget.psi_recent is None else min(avg10, budget.psi_recent)
+            stalled = total_us - budget.psi_total_us
+            if span <= PSI_AVG_WINDOW and stalled >= 0:  # < 0: the cgroup was recreated
+                budget.psi_recent = min(100.0, 100.0 * stalled / (span * 1e6))
+            else:
+                budget.psi_recent = None
+        budget.psi_at, budget.psi_total_us = now, total_us
+        return avg10 if budget.psi_recent is None else min(avg10, budget.psi_recent)
+
     def _stopping(self, budget: Budget) -> str | None:
         """A member that the pressure response is stopping right now, if any."""
         sup = self.sup
@@ -319,6 +372,7 @@ class PressureResponse:
             # exit got its more critical neighbour evicted once the cool-down had passed).
             # The signals stay pending; the next sample judges the budget once it is gone.
             budget.next_at = sup.now + budget.thresholds.sample_interval
+            budget.psi_rebase = True
             return
         psi: Pressure | None
         try:
@@ -333,7 +387,9 @@ class PressureResponse:
             current=current,
             limit=self._limit(budget),
             high_delta=budget.high_delta,
-            psi_some_avg10=psi.some.avg10 if psi is not None else None,
+            psi_some_avg10=(
+                self._stall(budget, psi.some.avg10, psi.some.total_us) if psi is not None else None
+            ),
             psi_fired=budget.psi_fired,
             members=tuple(self._member(sup.services[m]) for m in budget.members),
         )
