@@ -90,6 +90,36 @@ def capped_leak(budget: Path, rate_mb_s: float, cap_mb: int) -> dict[str, Any]:
     }
 
 
+#: A leak that ignores SIGTERM: its eviction takes the whole stop_timeout and ends with
+#: cgroup.kill, while it keeps growing into the budget's memory.high (throttled: PSI stall).
+STUBBORN_LEAK = """
+import os, signal, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+MB, PAGE = 1 << 20, 4096
+rate = float(os.environ.get("RATE_MB_S", "5"))
+held, start = [], time.monotonic()
+print(f"stubborn-leak: pid={os.getpid()} {rate:g} MB/s, ignores SIGTERM", flush=True)
+while True:
+    want = int(rate * (time.monotonic() - start)) + 1
+    while len(held) < want:
+        buf = bytearray(MB)
+        buf[::PAGE] = b"x" * (MB // PAGE)
+        held.append(buf)
+    time.sleep(0.05)
+"""
+
+
+def stubborn_leak(rate_mb_s: float) -> dict[str, Any]:
+    """`command` and `env` of a STUBBORN_LEAK sidecar."""
+    return {"command": [PYTHON, "-S", "-c", STUBBORN_LEAK], "env": {"RATE_MB_S": f"{rate_mb_s:g}"}}
+
+
+def psi_some_avg10(cgroup: Path) -> float:
+    """``some avg10`` of the cgroup's memory.pressure, in %."""
+    first = (cgroup / "memory.pressure").read_text().split("\n", 1)[0]
+    return float(first.split()[1].partition("=")[2])
+
+
 def fast_pressure(**overrides: str | float) -> dict[str, Any]:
     """[oomguard.pressure] for tests: act and restore within seconds, not the defaults' 5 s and
     30 s, so a whole evict -> clear -> restore cycle fits in a test."""

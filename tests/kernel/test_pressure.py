@@ -30,9 +30,11 @@ from tests.kernel.pressure_support import (
     main_thread_sleep,
     open_files,
     primary,
+    psi_some_avg10,
     shared_budget,
     spawned_pids,
     start_named,
+    stubborn_leak,
     tree_events,
     wait_beating,
     wait_charged,
@@ -290,6 +292,60 @@ def test_less_critical_sidecar_goes_first_the_more_critical_only_if_pressure_per
     assert spawned_pids(og, "small") == [pids["small"]]
     assert spawned_pids(og, "leaky") == [pids["leaky"]]
     assert_primary_untouched(og, beat, pids["db"])
+
+
+def test_a_slow_eviction_does_not_take_the_more_critical_sidecar_on_stale_psi(
+    cgroup2_mount: Path, scratch_cgroup: Path, tmp_path: Path
+) -> None:
+    """The leak ignores SIGTERM, so its eviction takes the whole stop_timeout and ends with
+    cgroup.kill; meanwhile it is throttled at memory.high and the budget's PSI avg10 climbs far
+    above 20 %. avg10 decays over ~10 s, so right after the kill it still reads high although
+    nothing stalls any more: the more critical sidecar must stay (the budget has plenty of
+    headroom and no stall is measured). Pressure no longer persists, so nothing more goes."""
+    beat = tmp_path / "heartbeat"
+    config = shared_budget(
+        beat,
+        {
+            "steady": {
+                "command": workload("steady"),
+                "criticality": 80,
+                "env": {"STEADY_MB": "80"},
+            },
+            "leaky": {"criticality": 20, "stop_timeout": "6s", **stubborn_leak(5)},
+        },
+        pressure=fast_pressure(hysteresis="600s"),
+    )
+    with start_run(tmp_path, cgroup2_mount, scratch_cgroup, config) as og:
+        pids = og.wait_running("db", "steady", "leaky")
+        wait_beating(og, beat, pids["db"])
+        og.wait_event("evict", "leaky", where=lambda e: "budget" not in e)  # gone: EVICTED
+        budget = og.cgroup("sidecars")
+        stale = [psi_some_avg10(budget)]
+        # Watch for as long as avg10 stays above the threshold (it decays within ~10 s), and
+        # one sample interval more.
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and stale[-1] > 20.0:
+            time.sleep(0.5)
+            stale.append(psi_some_avg10(budget))
+        time.sleep(1.5)
+        code = og.stop()
+        output = og.output()
+
+    assert_no_traceback(output)
+    assert code == 0, output
+    # The scenario did what it is for: a stale avg10 above the 20 % threshold after the kill.
+    assert stale[0] > 20.0, stale
+    kills = og.events("kill", "leaky")
+    assert [k["reason"] for k in kills] == ["evict", "stop_timeout"], kills
+    gone = [e for e in og.events("exit", "leaky") if e.get("requested")]
+    assert gone and gone[0]["signal"] == 9, gone
+    evicts = decisions(og, "evict")
+    assert [(e["service"], e["budget"]) for e in evicts] == [("leaky", "sidecars")], evicts
+    assert spawned_pids(og, "steady") == [pids["steady"]]
+    assert og.events("stop", "steady") == [] or all(
+        e["reason"] == "shutdown" for e in og.events("stop", "steady")
+    )
+    assert tree_events(og)["oom_kill"] == 0
 
 
 # -- acceptance 3: the primary over its watermark, no sidecar left ---------------------------------
