@@ -371,6 +371,27 @@ def _in_vm(args: argparse.Namespace, name: str) -> int:
     return subprocess.run(cmd, cwd=REPO, check=False).returncode
 
 
+# ----------------------------------------------------------------- supervisor, postgres
+
+
+@section("supervisor")
+def bench_supervisor(args: argparse.Namespace) -> int:
+    """Issues 3/4 on a real kernel: OOM reaction, RSS, idle wake-ups, eviction vs OOM."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import bench_supervisor
+
+    return int(bench_supervisor.run([]))
+
+
+@section("postgres")
+def bench_postgres(args: argparse.Namespace) -> int:
+    """Issue 5: PostgreSQL under storms, plain container vs oomguard (N storms each)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import bench_postgres
+
+    return int(bench_postgres.run([]))
+
+
 # ----------------------------------------------------------------------------- main
 
 
