@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from oomguard.cli.exec_ import _service_name
 from tests.kernel.support import (
     PYTHON,
     assert_no_traceback,
@@ -61,16 +62,17 @@ def test_oom_killed_command_gets_one_clear_line_and_137(
     )
     assert_no_traceback(out + err)
     assert "survived" not in out
+    # The service is named after the command's basename (python3, or python in a venv).
+    name = _service_name(PYTHON)
     lines = [ln for ln in err.splitlines() if ln.startswith("oomguard: ")]
     assert lines == [
-        "oomguard: python3 was killed by the OOM killer "
-        "(slice og/python3, memory.max 64M, peak 64M)"
+        f"oomguard: {name} was killed by the OOM killer (slice og/{name}, memory.max 64M, peak 64M)"
     ], err
     assert code == 137, err
     # The event log saw the kernel's counter rise in the command's own slice.
     kills = [e for e in read_jsonl(tmp_path / "state" / "events.jsonl") if e["kind"] == "oom_kill"]
     assert kills, "no oom_kill event in events.jsonl"
-    assert {e["slice"] for e in kills} == {rel(cgroup2_mount, scratch_cgroup / "og" / "python3")}
+    assert {e["slice"] for e in kills} == {rel(cgroup2_mount, scratch_cgroup / "og" / name)}
 
 
 def test_exit_status_is_the_commands(

@@ -26,6 +26,7 @@ from tests.kernel.support import (
     max_gap,
     sh,
     start_run,
+    wait_until,
     workload,
 )
 
@@ -309,17 +310,25 @@ def test_primary_is_never_the_victim_10_of_10(
         tmp_path, cgroup2_mount, scratch_cgroup, _biggest_primary_config(beat, None)
     ) as og:
         db_pid = og.wait_running("db")["db"]
+
+        def db_full() -> int | None:
+            # The primary's size once it holds its 64M (it allocates after it starts).
+            value = int((og.cgroup("db") / "memory.current").read_text())
+            return value if value > 64 * MiB else None
+
+        db_current = wait_until(db_full, "the primary to hold its 64M", timeout=120)
         og.wait_event(
             "restart", "hog", count=RUNS, where=lambda e: e["reason"] == "oom_kill", timeout=240
         )
         kernel_db = local_events(og, "db")
         kernel_root = local_events(og)
-        db_current = int((og.cgroup("db") / "memory.current").read_text())
         code = og.stop()
         output = og.output()
 
     assert_no_traceback(output)
     assert code == 0, output
+    # First: the primary was never replaced (a restart would explain any size figure below).
+    assert pids_of(og, "db") == [db_pid], counter_events(og)
     assert db_current > 64 * MiB, "the primary must be the largest process in the tree"
     kills = counter_events(og)
     assert len(kills) >= RUNS, kills
