@@ -386,6 +386,9 @@ def bench_supervisor(args: argparse.Namespace) -> int:
 @section("postgres")
 def bench_postgres(args: argparse.Namespace) -> int:
     """Issue 5: PostgreSQL under storms, plain container vs oomguard (N storms each)."""
+    if not (REPO / "tools" / "bench_postgres.py").exists():
+        print("== postgres: tools/bench_postgres.py is missing; section skipped", flush=True)
+        return 1
     sys.path.insert(0, str(REPO / "tools"))
     import bench_postgres
 
