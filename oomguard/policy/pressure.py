@@ -16,11 +16,13 @@ Why this rule:
   * Low headroom alone is not pressure. memory.current includes the page cache, which the kernel
     reclaims on demand, so a database host routinely sits near its limit. Acting on it would
     evict sidecars from a healthy host.
-  * ``high`` events (memory.events) mean reclaim could not keep a cgroup under memory.high, so
-    it is being throttled: the earliest cheap sign that the cache is gone. Near the limit, they
-    are pressure. With ample headroom they are not budget pressure: memory.events is
-    hierarchical, so a member throttled at its *own* memory.high also raises the budget's
-    counter; that member is limited by its own setting and the budget is fine.
+  * ``high`` events (memory.events) mean usage went above memory.high and the cgroup was sent
+    into reclaim. The kernel counts them before it reclaims anything, so page cache alone can
+    raise them; the supervisor therefore measures usage without the file LRU lists. Near the
+    limit, on that unreclaimable usage, they are pressure: the earliest cheap signal. With
+    ample headroom they are not budget pressure: memory.events is hierarchical, so a member
+    throttled at its *own* memory.high also raises the budget's counter; that member is
+    limited by its own setting and the budget is fine.
   * A fired PSI trigger likewise counts only near the limit: a trigger fires on a short burst
     of stall, which with ample headroom is not this budget running out of memory.
   * PSI avg10 above the threshold counts alone: ten seconds of sustained stall is pressure
