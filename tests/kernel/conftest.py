@@ -27,6 +27,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
+from oomguard.cgroup.fs import CgroupFS
+from oomguard.cgroup.path import CgroupPath
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
     from types import ModuleType
@@ -323,3 +326,36 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(doc, indent=2) + "\n")
     tmp.replace(path)
+
+
+# -- shared fixtures of the cgroup-layer kernel tests ----------------------------------------
+
+
+@pytest.fixture
+def fs(cgroup2_mount: Path) -> CgroupFS:
+    """A CgroupFS on the real cgroup2 mount."""
+    return CgroupFS(cgroup2_mount)
+
+
+@pytest.fixture
+def scratch(cgroup2_mount: Path, scratch_cgroup: Path) -> CgroupPath:
+    """`scratch_cgroup` as a CgroupPath relative to the mount."""
+    return CgroupPath.parse("/" + str(scratch_cgroup.relative_to(cgroup2_mount)))
+
+
+@pytest.fixture
+def sleeper() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
+    """Start `sleep` processes (stand-ins for oomguard and its services, never the pytest
+    process itself) and reap them all at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(["sleep", "1000"])
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=30)

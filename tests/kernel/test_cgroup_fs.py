@@ -16,7 +16,7 @@ from oomguard.cgroup.path import CgroupPath, CgroupPathError
 from oomguard.errors import CgroupError, Vanished
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
     from pathlib import Path
 
     Spawn = Callable[[], subprocess.Popen[bytes]]
@@ -26,33 +26,6 @@ pytestmark = pytest.mark.kernel
 M = 1 << 20
 #: Touch 96 MiB, say so, then wait for stdin: a process whose exit takes measurable time.
 HOLD_96M = "import sys; x = b'x' * (96 << 20); print('r', flush=True); sys.stdin.read()"
-
-
-@pytest.fixture
-def fs(cgroup2_mount: Path) -> CgroupFS:
-    return CgroupFS(cgroup2_mount)
-
-
-@pytest.fixture
-def scratch(cgroup2_mount: Path, scratch_cgroup: Path) -> CgroupPath:
-    return CgroupPath.parse("/" + str(scratch_cgroup.relative_to(cgroup2_mount)))
-
-
-@pytest.fixture
-def sleeper() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Start `sleep` processes (never the pytest process itself) and reap them all at the end."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(["sleep", "1000"])
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 def test_mkdir_gives_a_cgroup_with_memory_files(fs: CgroupFS, scratch: CgroupPath) -> None:

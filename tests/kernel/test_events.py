@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import pytest
 from inotify_simple import INotify, flags
 
-from oomguard.cgroup.fs import CgroupFS
 from oomguard.cgroup.path import CgroupPath
 from oomguard.cgroup.spec import Limits, SliceSpec, TreeSpec
 from oomguard.cgroup.tree import BuiltTree, build
@@ -25,6 +24,8 @@ from oomguard.cgroup.tree import BuiltTree, build
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from pathlib import Path
+
+    from oomguard.cgroup.fs import CgroupFS
 
     Hog = Callable[[CgroupPath], subprocess.Popen[bytes]]
 
@@ -35,11 +36,6 @@ M = 1 << 20
 HOG = "import sys; sys.stdin.readline(); x = b'x' * (200 << 20); print('survived')"
 #: Just waits for stdin (a small, well-behaved process).
 IDLE = "import sys; sys.stdin.read()"
-
-
-@pytest.fixture
-def fs(cgroup2_mount: Path) -> CgroupFS:
-    return CgroupFS(cgroup2_mount)
 
 
 @pytest.fixture

@@ -3,53 +3,26 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from typing import TYPE_CHECKING
 
 import pytest
 
-from oomguard.cgroup.fs import CgroupFS
-from oomguard.cgroup.path import CgroupPath
 from oomguard.cgroup.spec import SUPERVISOR_LEAF, Limits, SliceSpec, TreeSpec
 from oomguard.cgroup.tree import build, teardown
 from oomguard.errors import CgroupError, Vanished
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-    from pathlib import Path
+    import subprocess
+    from collections.abc import Callable
+
+    from oomguard.cgroup.fs import CgroupFS
+    from oomguard.cgroup.path import CgroupPath
 
     Spawn = Callable[[], subprocess.Popen[bytes]]
 
 pytestmark = pytest.mark.kernel
 
 M = 1 << 20
-
-
-@pytest.fixture
-def fs(cgroup2_mount: Path) -> CgroupFS:
-    return CgroupFS(cgroup2_mount)
-
-
-@pytest.fixture
-def scratch(cgroup2_mount: Path, scratch_cgroup: Path) -> CgroupPath:
-    return CgroupPath.parse("/" + str(scratch_cgroup.relative_to(cgroup2_mount)))
-
-
-@pytest.fixture
-def sleeper() -> Iterator[Callable[[], subprocess.Popen[bytes]]]:
-    """Start `sleep` processes (stand-ins for oomguard and its services); reap them at the end."""
-    started: list[subprocess.Popen[bytes]] = []
-
-    def start() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(["sleep", "1000"])
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=30)
 
 
 def three_level(root: str | None, *, backup_max: int = 64 * M) -> TreeSpec:
