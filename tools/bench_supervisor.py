@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
-import importlib.util
 import os
 import re
 import secrets
@@ -95,13 +94,12 @@ WAKEUP_GOAL = 1.0
 
 
 def _ktest() -> Any:
-    # By path, as tests/kernel/conftest.py does: tools/ is not a package.
-    spec = importlib.util.spec_from_file_location("_oomguard_ktest", REPO / "tools" / "ktest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    # A sibling script: tools/ is on sys.path whether this runs as a script or from bench.py.
+    if str(REPO / "tools") not in sys.path:
+        sys.path.insert(0, str(REPO / "tools"))
+    import ktest
+
+    return ktest
 
 
 @dataclass
