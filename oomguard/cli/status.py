@@ -6,7 +6,9 @@ needs: no pydantic, no config, no runtime (a test checks sys.modules). state.jso
 with plain json, tolerating missing keys, rather than through the supervisor's writer module.
 
 Root, in order: `--root`; the `root` the running supervisor wrote into state.json;
-`<our own cgroup>/oomguard` (the config-less default tree).
+`<our own cgroup>/oomguard` (the config-less default tree). A supervisor running degraded (no
+writable cgroup v2 memory controller, e.g. a default container) has no tree: its state.json says
+so, and status then shows the services alone, without needing a cgroup2 mount at all.
 """
 
 from __future__ import annotations
@@ -87,6 +89,50 @@ def writer_running(doc: dict[str, Any]) -> bool | None:
     return ticks is not None
 
 
+def degraded_reason(doc: dict[str, Any] | None) -> str | None:
+    """Why the supervisor that wrote `doc` has no slice tree, or None if it has one (or if no
+    supervisor wrote a state file). An empty root also means "no tree": that is what a
+    degraded supervisor writes there."""
+    if not doc:
+        return None
+    reason = doc.get("degraded")
+    if isinstance(reason, str) and reason:
+        return reason
+    if doc.get("root") == "":
+        return "no slice tree"
+    return None
+
+
+def services_list(doc: dict[str, Any] | None, live: bool) -> list[dict[str, Any]]:
+    """Every service of `doc`, in the supervisor's start order, each with its "name". With
+    `live` (the writer runs in our pid namespace, so its pids are ours to read too), each gets
+    the main process's current "rss_bytes" from /proc, None if it has none."""
+    out: list[dict[str, Any]] = []
+    if not doc:
+        return out
+    for name, svc in (doc.get("services") or {}).items():
+        if not isinstance(svc, dict):
+            continue
+        entry = {"name": str(name), **svc}
+        if live:
+            entry["rss_bytes"] = _rss(svc.get("pid"))
+        out.append(entry)
+    return out
+
+
+def _live(doc: dict[str, Any] | None) -> bool:
+    return doc is not None and writer_running(doc) is True
+
+
+def _rss(pid: object) -> int | None:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
+    from oomguard.observe.snapshot import proc_info
+
+    info = proc_info(pid)
+    return None if info is None else info.rss_bytes
+
+
 def services_by_slice(doc: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
     """slice path -> service entry (with its "name"), for entries that name a slice."""
     out: dict[str, dict[str, Any]] = {}
@@ -134,23 +180,92 @@ def _service_cells(svc: dict[str, Any] | None) -> tuple[str, str]:
     return f"{svc['name']}:{state}", "-" if restarts is None else str(restarts)
 
 
+def _last_exit(last: object) -> str:
+    """state.json's last_exit as a short cell: "exit 1", "SIGTERM", "SIGKILL (oom)"."""
+    if not isinstance(last, dict):
+        return "-"
+    sig, code = last.get("signal"), last.get("code")
+    if isinstance(sig, int) and not isinstance(sig, bool):
+        import signal  # only when a service died of one
+
+        try:
+            text = signal.Signals(sig).name
+        except ValueError:
+            text = f"signal {sig}"
+    elif isinstance(code, int) and not isinstance(code, bool):
+        text = f"exit {code}"
+    else:
+        text = "?"
+    return text + (" (oom)" if last.get("oom_killed") is True else "")
+
+
+def _cell(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _services_table(services: list[dict[str, Any]]) -> str:
+    from oomguard.cli._output import render_table
+
+    live = any("rss_bytes" in svc for svc in services)
+    rows = []
+    for svc in services:
+        row = [
+            svc["name"],
+            _cell(svc.get("role")),
+            str(svc.get("state") or "?"),
+            _cell(svc.get("pid")),
+            _cell(svc.get("restarts")),
+            _cell(svc.get("evictions")),
+            _last_exit(svc.get("last_exit")),
+            _cell(svc.get("oom_score_adj")),
+        ]
+        if live:
+            rss = svc.get("rss_bytes")
+            row.append(_size(rss, rss is not None))
+        rows.append(row)
+    headers = ["SERVICE", "ROLE", "STATE", "PID", "RST", "EVICT", "LAST EXIT", "OOM_ADJ"]
+    return render_table([*headers, "RSS"] if live else headers, rows)
+
+
 class View(NamedTuple):
     """Everything one `status` run shows."""
 
-    snap: TreeSnapshot
-    mount: str
-    #: How the root was chosen: "--root", "state.json" or "default".
-    root_from: str
+    #: None when there is no tree to show (a degraded supervisor, no --root).
+    snap: TreeSnapshot | None
+    mount: str | None
+    #: How the root was chosen: "--root", "state.json" or "default"; None without a tree.
+    root_from: str | None
     state_file: str
     state: dict[str, Any] | None
     state_problem: str | None
 
 
 def render(view: View, now: float) -> str:
-    """The human table; `now` (wall clock) only ages the state file's updated_at."""
+    """The tree table (if any), then the services; `now` (wall clock) only ages the state
+    file's updated_at."""
+    services = services_list(view.state, _live(view.state))
+    lines = []
+    if view.snap is None:
+        lines.append(f"no slice tree: oomguard runs degraded ({degraded_reason(view.state)})")
+        lines.append(
+            "  services run in its own cgroup with their oom_score_adj: no limits, no pressure "
+            "response (`oomguard check` says what is missing)"
+        )
+        lines.append(_state_line(view, now))
+    else:
+        lines.extend(_render_tree(view, now))
+    if services:
+        lines.append(_services_table(services))
+    elif view.state is not None:
+        lines.append("services: none in state.json")
+    return "\n".join(lines)
+
+
+def _render_tree(view: View, now: float) -> list[str]:
     from oomguard.cli._output import render_table
 
     snap = view.snap
+    assert snap is not None
     by_slice = services_by_slice(view.state)
     rows: list[list[str]] = []
     for s in snap.slices:
@@ -198,7 +313,7 @@ def render(view: View, now: float) -> str:
             "services whose slice is not in this tree: "
             + ", ".join(f"{v['name']}:{v.get('state') or '?'} ({v['slice']})" for v in stray)
         )
-    return "\n".join(lines)
+    return lines
 
 
 def _state_line(view: View, now: float) -> str:
@@ -223,16 +338,19 @@ def to_dict(view: View) -> dict[str, Any]:
 
     state = view.state
     by_slice = services_by_slice(state)
+    snap = view.snap
     slices = []
-    for s in view.snap.slices:
+    for s in snap.slices if snap is not None else ():
         d = slice_to_dict(s)
         d["service"] = by_slice.get(str(s.path))
         slices.append(d)
-    in_tree = {str(s.path) for s in view.snap.slices}
+    in_tree = {str(s.path) for s in snap.slices} if snap is not None else set()
+    live = _live(state)
     return {
         "mount": view.mount,
-        "root": str(view.snap.root),
+        "root": str(snap.root) if snap is not None else None,
         "root_from": view.root_from,
+        "degraded": degraded_reason(state),
         "state": {
             "file": view.state_file,
             "present": state is not None,
@@ -242,7 +360,10 @@ def to_dict(view: View) -> dict[str, Any]:
             "updated_at": state.get("updated_at") if state else None,
         },
         "slices": slices,
-        "services_not_in_tree": [v for p, v in by_slice.items() if p not in in_tree],
+        "services": services_list(state, live),
+        "services_not_in_tree": (
+            [v for p, v in by_slice.items() if p not in in_tree] if snap is not None else []
+        ),
     }
 
 
@@ -266,7 +387,7 @@ def resolve_root(
         raise StatusError(
             f"no oomguard tree at {default} (looked in {os.path.join(mount, *default.parts)}), "
             f"and no state.json names one",
-            "point at the tree with --root PATH (the [oomguard] root of your config, e.g. "
+            "point at the tree with --root PATH (the [oomguard] cgroup of your config, e.g. "
             "--root /oomguard), or --state-dir DIR where the supervisor writes state.json",
         )
     return default, "default"
@@ -316,7 +437,10 @@ OPTIONS = (
     ),
 )
 
-HELP = "Show the slice tree: memory, events, PSI, pids (read-only)."
+HELP = (
+    "Show the slice tree (memory, events, PSI, pids) and every service's state, pid, restarts "
+    "and last exit (read-only)."
+)
 
 
 def run(
@@ -328,6 +452,31 @@ def run(
     echo: Callable[[str], object],
 ) -> int:
     """The whole command, minus argument parsing. Raises OomguardError for the CLI to report."""
+    state_file = os.path.join(state_dir, "state.json")
+    state, problem = read_state_file(state_file)
+    if root_opt is None and degraded_reason(state) is not None:
+        # No tree to show, so no cgroup2 mount needed: a degraded supervisor may have none.
+        view = View(None, None, None, state_file, state, problem)
+    else:
+        view = _tree_view(root_opt, mount, state_file, state, problem)
+    if as_json:
+        import json
+
+        echo(json.dumps(to_dict(view), indent=2))
+    else:
+        import time
+
+        echo(render(view, time.time()))
+    return 0
+
+
+def _tree_view(
+    root_opt: str | None,
+    mount: str | None,
+    state_file: str,
+    state: dict[str, Any] | None,
+    problem: str | None,
+) -> View:
     if mount is None:
         from oomguard.cgroup.discover import find_cgroup2_mount
 
@@ -340,8 +489,6 @@ def run(
         mount = str(found)
     elif not os.path.isdir(mount):
         raise UsageError(f"--mount {mount} is not a directory", "pass the cgroup2 mount point")
-    state_file = os.path.join(state_dir, "state.json")
-    state, problem = read_state_file(state_file)
     root, root_from = resolve_root(root_opt, mount, state)
 
     from oomguard.cgroup.fs import CgroupFS
@@ -354,16 +501,7 @@ def run(
             "check the path (it is relative to the cgroup2 mount, e.g. /oomguard), or start "
             "the supervisor first",
         )
-    view = View(take_snapshot(fs, root), mount, root_from, state_file, state, problem)
-    if as_json:
-        import json
-
-        echo(json.dumps(to_dict(view), indent=2))
-    else:
-        import time
-
-        echo(render(view, time.time()))
-    return 0
+    return View(take_snapshot(fs, root), mount, root_from, state_file, state, problem)
 
 
 # ------------------------------------------------------------------- click-free fast path

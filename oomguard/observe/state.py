@@ -4,12 +4,16 @@ The supervisor rewrites the whole file after every change (a start, an exit, a r
 (version 1)::
 
     {"version": 1, "pid": 4242, "pid_start": 912345, "updated_at": 1795732262.4,
-     "root": "/oomguard", "mode": "enforce",
+     "root": "/oomguard", "mode": "enforce", "degraded": null,
      "services": {"db": {"state": "RUNNING", "pid": 123, "restarts": 0, "evictions": 0,
                          "slice": "/oomguard/db", "role": "primary", "criticality": null,
                          "oom_score_adj": -999,
                          "last_exit": {"code": null, "signal": 9, "oom_killed": true},
                          "started_at": 1795732200.0, "downtime_total": 0.0}}}
+
+``degraded`` is why there is no slice tree (e.g. "the cgroup filesystem is read-only"), or null.
+A degraded supervisor writes ``"root": ""`` and ``"slice": null`` for every service (they all run
+in its own cgroup); ``oomguard status`` then shows the services alone.
 
 ``pid_start`` is the writer's start time in clock ticks since boot (field 22 of
 /proc/<pid>/stat). With it, "is the writer alive" survives pid reuse: after a crash, the stale
@@ -61,7 +65,8 @@ class ServiceState(TypedDict, total=False):
     pid: int | None
     restarts: int
     evictions: int
-    slice: str
+    #: The service's cgroup; None when degraded (no slice: it runs in oomguard's own cgroup).
+    slice: str | None
     role: Literal["primary", "sidecar"]
     #: A sidecar's configured criticality (0..99, higher is evicted later); None for the primary.
     criticality: int | None
@@ -78,6 +83,8 @@ class StateDoc(TypedDict):
     updated_at: float
     root: str
     mode: str
+    #: Why there is no slice tree, or None (see module docstring).
+    degraded: str | None
     services: dict[str, ServiceState]
 
 
@@ -133,6 +140,7 @@ def make_state(
     services: Mapping[str, ServiceState],
     updated_at: float,
     pid: int | None = None,
+    degraded: str | None = None,
 ) -> StateDoc:
     """A version-1 document for `write_state`; `pid` defaults to this process."""
     pid = os.getpid() if pid is None else pid
@@ -143,6 +151,7 @@ def make_state(
         "updated_at": updated_at,
         "root": root,
         "mode": mode,
+        "degraded": degraded,
         "services": {name: svc.copy() for name, svc in services.items()},
     }
 

@@ -862,7 +862,8 @@ class Supervisor:
                 "pid": svc.child.pid if svc.child else None,
                 "restarts": svc.rec.restarts_total,
                 "evictions": svc.evictions,
-                "slice": str(svc.cgroup),
+                # Degraded: every service is in oomguard's own cgroup, which is not its slice.
+                "slice": str(svc.cgroup) if self.degraded is None else None,
                 "role": "primary" if svc.is_primary else "sidecar",
                 "criticality": svc.criticality if not svc.is_primary else None,
                 "oom_score_adj": svc.oom_score_adj,
@@ -886,6 +887,7 @@ class Supervisor:
             mode=self.config.oomguard.mode,
             services=services,
             updated_at=self.wall(),
+            degraded=self.degraded,
         )
         try:
             write_state(self.config.oomguard.state_dir, doc)

@@ -319,3 +319,117 @@ def test_fast_path_does_not_import_click(tree: Path, tmp_path: Path) -> None:
     )
     assert "rc=0 click=False" in proc.stderr, proc.stderr
     assert "supervisor" in proc.stdout
+
+
+# ------------------------------------------------------------------------- degraded: no tree
+
+DEGRADED: dict[str, Any] = {
+    "version": 1,
+    "pid": 4194999,
+    "root": "",
+    "mode": "enforce",
+    "degraded": "the cgroup filesystem is read-only",
+    "services": {
+        "db": {
+            "state": "RUNNING",
+            "pid": 77,
+            "restarts": 0,
+            "evictions": 0,
+            "slice": None,
+            "role": "primary",
+            "oom_score_adj": -999,
+            "last_exit": None,
+        },
+        "backup": {
+            "state": "BACKOFF",
+            "pid": None,
+            "restarts": 3,
+            "evictions": 0,
+            "slice": None,
+            "role": "sidecar",
+            "oom_score_adj": 900,
+            "last_exit": {"code": None, "signal": 9, "oom_killed": True},
+        },
+        "job": {"state": "EXITED", "restarts": 1, "last_exit": {"code": 2, "signal": None}},
+    },
+}
+
+
+def test_degraded_table_lists_every_service_without_a_mount(tmp_path: Path) -> None:
+    write_state(tmp_path / "s", DEGRADED)
+    # No --mount and none discoverable is fine: a degraded supervisor has no tree to show.
+    rc, out = run(["--mount", str(tmp_path / "absent"), "--state-dir", str(tmp_path / "s")])
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0] == "no slice tree: oomguard runs degraded (the cgroup filesystem is read-only)"
+    assert "NOT running (stale)" in out
+    header = next(i for i, line in enumerate(lines) if line.startswith("SERVICE "))
+    rows = {line.split()[0]: line.split() for line in lines[header + 1 :]}
+    assert rows["db"][:6] == ["db", "primary", "RUNNING", "77", "0", "0"]
+    assert rows["backup"][2:5] == ["BACKOFF", "-", "3"]
+    assert "SIGKILL (oom)" in " ".join(rows["backup"])
+    assert "exit 2" in " ".join(rows["job"])
+    # A stale writer's pids may belong to anyone by now: no live RSS column.
+    assert "RSS" not in lines[header]
+
+
+def test_degraded_json_lists_every_service(tmp_path: Path) -> None:
+    write_state(tmp_path / "s", DEGRADED)
+    rc, out = run(["--json", "--state-dir", str(tmp_path / "s")])
+    assert rc == 0
+    data = json.loads(out)
+    assert data["degraded"] == "the cgroup filesystem is read-only"
+    assert data["root"] is None and data["mount"] is None and data["slices"] == []
+    assert [s["name"] for s in data["services"]] == ["db", "backup", "job"]
+    assert data["services"][1]["last_exit"] == {"code": None, "signal": 9, "oom_killed": True}
+    assert "rss_bytes" not in data["services"][0]
+
+
+def test_degraded_with_a_running_writer_shows_live_rss(tmp_path: Path) -> None:
+    me = os.getpid()
+    doc = {**DEGRADED, "pid": me, "pid_start": status._start_ticks(me)}
+    doc["services"] = {"db": {**DEGRADED["services"]["db"], "pid": me}}
+    write_state(tmp_path / "s", doc)
+    rc, out = run(["--json", "--state-dir", str(tmp_path / "s")])
+    assert rc == 0
+    (db,) = json.loads(out)["services"]
+    assert db["rss_bytes"] > 0
+
+
+def test_an_empty_root_from_an_older_writer_means_no_tree(tmp_path: Path) -> None:
+    write_state(tmp_path / "s", {k: v for k, v in DEGRADED.items() if k != "degraded"})
+    rc, out = run(["--state-dir", str(tmp_path / "s")])
+    assert rc == 0
+    assert out.startswith("no slice tree: oomguard runs degraded (no slice tree)")
+
+
+def test_tree_view_also_lists_the_services(tree: Path, tmp_path: Path) -> None:
+    write_state(tmp_path / "s", STATE)
+    rc, out = run(["--json", "--mount", str(tree), "--state-dir", str(tmp_path / "s")])
+    assert rc == 0
+    data = json.loads(out)
+    assert data["degraded"] is None
+    assert [s["name"] for s in data["services"]] == ["db", "backup", "nameless", "elsewhere"]
+    _, text = run(["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path / "s")])
+    assert "SERVICE    ROLE" in text
+
+
+def test_degraded_status_imports_no_pydantic_or_click(tmp_path: Path) -> None:
+    write_state(tmp_path / "s", DEGRADED)
+    probe = (
+        "import sys\n"
+        "from oomguard.cli.status import fast_main\n"
+        "rc = fast_main(sys.argv[1:])\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'click'))\n"
+        "sys.stderr.write(f'rc={rc} bad={bad}\\n')\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, "--state-dir", str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        env=_python_env(),
+        check=False,
+        timeout=60,
+    )
+    assert "rc=0 bad=[]" in proc.stderr, proc.stderr
+    assert "backup" in proc.stdout
