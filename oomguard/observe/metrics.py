@@ -132,6 +132,8 @@ class _Published:
     mode: str
     slices: tuple[_SliceRow, ...] = ()
     services: tuple[_ServiceRow, ...] = ()
+    #: No slice tree (read-only cgroupfs, no memory controller): services only, no slices.
+    degraded: bool = False
 
 
 def _limit(value: int | None) -> float:
@@ -174,13 +176,19 @@ def _service_row(name: str, svc: Mapping[str, Any]) -> _ServiceRow:
 
 
 def publication(
-    snapshot: SnapshotLike | None, services: Mapping[str, Mapping[str, Any]], mode: str
+    snapshot: SnapshotLike | None,
+    services: Mapping[str, Mapping[str, Any]],
+    mode: str,
+    *,
+    degraded: bool = False,
 ) -> _Published:
-    """Snapshot + services (state.json's "services" shape) -> the frozen published value."""
+    """Snapshot + services (state.json's "services" shape) -> the frozen published value.
+    Without a snapshot (degraded, or a failed read) only the per-service series are served."""
     return _Published(
         mode=mode,
         slices=tuple(_slice_row(s) for s in snapshot.slices) if snapshot is not None else (),
         services=tuple(_service_row(name, svc) for name, svc in services.items()),
+        degraded=degraded,
     )
 
 
@@ -205,6 +213,12 @@ class _Collector:
         info = gauge("oomguard_info", "oomguard build and run mode; always 1.", ["version", "mode"])
         info.add_metric([__version__, pub.mode], 1.0)
         yield info
+        degraded = gauge(
+            "oomguard_degraded",
+            "1 if oomguard runs without a slice tree (no limits, no pressure response)",
+        )
+        degraded.add_metric([], 1.0 if pub.degraded else 0.0)
+        yield degraded
 
         current = gauge("oomguard_memory_current_bytes", "memory.current", ["slice"])
         peak = gauge("oomguard_memory_peak_bytes", "memory.peak (kernel 5.19+)", ["slice"])
@@ -349,9 +363,12 @@ class Metrics:
         services: Mapping[str, Mapping[str, Any]],
         *,
         mode: str | None = None,
+        degraded: bool = False,
     ) -> None:
         """Replace what scrapes see. `services` has state.json's "services" shape."""
-        published = publication(snapshot, services, mode or self._collector.published.mode)
+        published = publication(
+            snapshot, services, mode or self._collector.published.mode, degraded=degraded
+        )
         # The one shared write: an atomic reference swap (see module docstring).
         self._collector.published = published
 

@@ -1,7 +1,9 @@
 """Metrics as a supervisor `Extension`: publishes a tree snapshot plus service state to the
 Prometheus exporter (observe/metrics.py) after every loop turn that changed something, and every
 `refresh` seconds otherwise so gauges such as memory.current stay fresh (0.2 wake-ups/s by
-default, and only when metrics are on)."""
+default, and only when metrics are on). Degraded (no slice tree), the per-service series are
+published all the same, without the per-slice ones: an alert on oomguard_service_up must work
+wherever oomguard runs."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from oomguard.errors import OomguardError
 if TYPE_CHECKING:
     from oomguard.cgroup.path import CgroupPath
     from oomguard.observe.metrics import Metrics
+    from oomguard.observe.snapshot import TreeSnapshot
     from oomguard.runtime.supervisor import Supervisor
 
 
@@ -49,26 +52,32 @@ class MetricsExtension:
 
     def after_turn(self) -> None:
         sup = self.sup
-        if sup is None or self.metrics is None or sup.built is None:
+        if sup is None or self.metrics is None:
             return
         if not (self.changed or sup.dirty):
             return
-        from oomguard.observe.snapshot import take_snapshot
-
         self.changed = False
-        try:
-            snap = take_snapshot(sup.fs, sup.built.root)
-        except OomguardError as err:
-            sup.log.warn("metrics_snapshot_failed", error=str(err))
-            snap = None
+        snap = self._snapshot(sup)
         services = sup.state_services()
         downtime = sum(s.rec.downtime(sup.now) for s in sup.services.values() if s.is_primary)
         for name, svc in services.items():
             if svc.get("role") == "primary":
                 svc["downtime_total"] = round(downtime, 3)
             del name
-        self.metrics.publish(snap, services)
+        self.metrics.publish(snap, services, degraded=sup.degraded is not None)
         self.next_at = sup.now + self.refresh
+
+    @staticmethod
+    def _snapshot(sup: Supervisor) -> TreeSnapshot | None:
+        if sup.built is None:
+            return None  # degraded: no tree of ours to read
+        from oomguard.observe.snapshot import take_snapshot
+
+        try:
+            return take_snapshot(sup.fs, sup.built.root)
+        except OomguardError as err:
+            sup.log.warn("metrics_snapshot_failed", error=str(err))
+            return None
 
     def close(self) -> None:
         if self.metrics is not None:

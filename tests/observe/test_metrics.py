@@ -268,7 +268,7 @@ def test_every_exported_name_is_documented(metrics: Metrics) -> None:
     documented = set(re.findall(r"`(oomguard_[a-z0-9_]+)", DOC.read_text()))
     # Both ways: no undocumented metric, and no documented metric that does not exist.
     assert exported == documented, exported ^ documented
-    assert len(exported) == 14
+    assert len(exported) == 15
 
 
 def test_service_states_match_the_policy_state_enum() -> None:
@@ -363,3 +363,14 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_rejects(listen: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         parse_listen(listen)
+
+
+def test_degraded_serves_the_service_series_and_says_so(metrics: Metrics) -> None:
+    s = scrape(metrics)
+    assert get(s, "oomguard_degraded") == 0
+    metrics.publish(None, SERVICES, degraded=True)
+    s = scrape(metrics)
+    assert get(s, "oomguard_degraded") == 1
+    assert get(s, "oomguard_service_up", service="db") == 1
+    assert get(s, "oomguard_service_state", service="backup", state="BACKOFF") == 1
+    assert not [key for key in s if key[0].startswith("oomguard_memory_")]
