@@ -20,7 +20,7 @@ from oomguard.errors import ExitCode, OomguardError
 COMMANDS: dict[str, tuple[str, str]] = {
     "check": ("oomguard.cli.check", "Report whether this host/container can run oomguard."),
     "validate": ("oomguard.cli.validate", "Validate a config file (or print its JSON schema)."),
-    "status": ("oomguard.cli.status", "Show the slice tree: memory, events, PSI, pids."),
+    "status": ("oomguard.cli.status", "Show the slice tree and every service's state."),
     "events": ("oomguard.cli.events", "Show (or follow) the supervisor's event log."),
     "run": ("oomguard.cli.run", "Run the supervisor in the foreground from a config file."),
     "exec": ("oomguard.cli.exec_", "Wrap one command (plus sidecars) with no config file."),

@@ -222,13 +222,14 @@ def _cgroup_items(d: Discovery) -> list[Item]:
             "..., or as the container's entrypoint (PID 1)"
         )
         if d.mount_writable:
-            # As root we can still build the tree elsewhere, e.g. [oomguard] root = "/oomguard".
+            # As root we can still build the tree elsewhere, e.g. [oomguard] cgroup = "/oomguard".
             items.append(
                 Item(
                     "own-cgroup",
                     Level.WARN,
                     detail,
-                    fix + ', or set [oomguard] root = "/oomguard" in the config',
+                    fix + ', or set [oomguard] cgroup = "/oomguard" in the config (or '
+                    "--cgroup /oomguard)",
                     g,
                 )
             )
