@@ -1,35 +1,51 @@
 # oomguard developer entry points. `make test` is the README's test command and what CI runs.
+#
+# Set-up is part of the targets that need it, and costs nothing once done (tools/deps.py):
+# - Python: `$(PY)` is an interpreter with the project's dependencies (runtime + dev + metrics
+#   extras): PYTHON if given (missing packages are pip-installed into it), else python3 if it
+#   has them all, else a venv in .venv created and filled on first use (`pip install -e
+#   '.[dev,metrics]'`); never the system interpreter implicitly (PEP 668).
+# - Debian packages (as root, or with passwordless sudo): the real-kernel tests' tools
+#   (postgresql, pgbouncer, stress-ng, procps, util-linux) by `make kernel`; the QEMU guest's
+#   (qemu-system-x86, linux-image-cloud-amd64, busybox-static, kmod) by tools/ktest.py and
+#   tools/demo.py when they need the guest.
 SHELL := /bin/bash
-# Resolve the real interpreter: a pyenv shim costs ~4 s per start inside the TCG guest.
-PYTHON ?= $(shell python3 -c 'import sys; print(sys.executable)')
 export PYTHONDONTWRITEBYTECODE := 1
+#: Runs tools/deps.py and tools/vmrun.py (stdlib only) before anything is installed.
+BOOTSTRAP_PYTHON ?= python3
+# Resolved once per make run, and only by the targets that use it (`make vm` does not).
+PY = $(eval PY := $(shell $(BOOTSTRAP_PYTHON) tools/deps.py python $(if $(PYTHON),--python '$(PYTHON)')))$(or $(PY),$(error tools/deps.py could not set up a Python interpreter: see the deps: lines above))
 
-.PHONY: test unit kernel lint bench demo vm install
+.PHONY: test unit kernel system-deps lint bench demo vm install
 
+## The editable install with the dev and metrics extras, into $(PY) (which already has them).
 install:
-	$(PYTHON) -m pip install -q -e '.[dev,metrics]'
+	$(PY) -m pip install -q -e '.[dev,metrics]'
 
 ## Unit tests on the host, then the real-kernel tests (natively if the host has a cgroup2 memory
 ## controller, else in the QEMU guest). Fails if the real-kernel tests could not run.
 test: unit kernel
 
 unit:
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests --ignore=tests/kernel
+	$(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/kernel
 
-kernel:
-	$(PYTHON) tools/ktest.py $(KTEST_ARGS)
+kernel: system-deps
+	$(PY) tools/ktest.py $(KTEST_ARGS)
+
+system-deps:
+	@$(BOOTSTRAP_PYTHON) tools/deps.py system
 
 lint:
-	$(PYTHON) -m ruff check oomguard tests tools
-	$(PYTHON) -m ruff format --check oomguard tests tools
-	$(PYTHON) -m mypy --strict oomguard
+	$(PY) -m ruff check oomguard tests tools
+	$(PY) -m ruff format --check oomguard tests tools
+	$(PY) -m mypy --strict oomguard
 
 bench:
-	$(PYTHON) tools/bench.py
+	$(PY) tools/bench.py
 
 demo:
-	$(PYTHON) tools/demo.py
+	$(PY) tools/demo.py
 
 ## Run any command in the throwaway guest: make vm CMD='cat /proc/self/cgroup'
 vm:
-	$(PYTHON) tools/vmrun.py -- $(or $(CMD),sh -c 'cat /sys/fs/cgroup/cgroup.controllers; uname -r')
+	$(BOOTSTRAP_PYTHON) tools/vmrun.py -- $(or $(CMD),sh -c 'cat /sys/fs/cgroup/cgroup.controllers; uname -r')
