@@ -484,7 +484,9 @@ def _tree_view(
         if found is None:
             raise UsageError(
                 "no cgroup2 mount found in /proc/self/mountinfo",
-                "this host has no cgroup v2; run `oomguard check` for how to enable it",
+                "this host has no cgroup v2 (`oomguard check` says how to enable it); for the "
+                "services of an oomguard running degraded here, pass --state-dir DIR (its "
+                "[oomguard] state_dir)",
             )
         mount = str(found)
     elif not os.path.isdir(mount):

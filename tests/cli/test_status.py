@@ -436,3 +436,23 @@ def test_degraded_status_imports_no_pydantic_or_click(tmp_path: Path) -> None:
     )
     assert "rc=0 bad=[]" in proc.stderr, proc.stderr
     assert "backup" in proc.stdout
+
+
+def test_no_cgroup2_mount_and_no_state_points_at_the_state_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import oomguard.cgroup.discover as dsc
+    from oomguard.errors import UsageError
+
+    monkeypatch.setattr(dsc, "find_cgroup2_mount", lambda: None)
+    with pytest.raises(UsageError) as exc:
+        status.run(as_json=False, root_opt=None, state_dir=str(tmp_path), mount=None, echo=print)
+    assert "no cgroup2 mount" in exc.value.message
+    assert exc.value.hint is not None and "--state-dir" in exc.value.hint
+    # With the degraded supervisor's state dir, the same host shows its services.
+    write_state(tmp_path / "s", DEGRADED)
+    out: list[str] = []
+    rc = status.run(
+        as_json=False, root_opt=None, state_dir=str(tmp_path / "s"), mount=None, echo=out.append
+    )
+    assert rc == 0 and "backup" in out[0]
