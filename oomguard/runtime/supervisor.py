@@ -19,6 +19,7 @@ only for what humans read (event log, state.json).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -347,7 +348,9 @@ class Supervisor:
     def _timeout(self) -> float | None:
         deadlines = [rp.next_deadline(s.params, s.rec) for s in self.services.values()]
         deadlines += [ext.deadline() for ext in self.extensions]
-        due = [d for d in deadlines if d is not None]
+        # A NaN deadline is never due (every comparison is false), so it needs no wake-up; an
+        # enormous one (start_secs = 1e300) is fine here: the loop clamps the wait it is given.
+        due = [d for d in deadlines if d is not None and not math.isnan(d)]
         if not due:
             return None
         return max(0.0, min(due) - self.clock())
@@ -409,6 +412,12 @@ class Supervisor:
             self._emit_policy(svc, action)
         elif isinstance(action, rp.Fatal):
             status = action.exit.status if action.exit is not None else 1
+            if action.exit is not None and not action.exit.failed:
+                # An essential service that finished with 0 and is not to be restarted
+                # (restart = "never" / "on-failure"): a normal end of the run, not an error.
+                self.log.info("essential_exited", service=svc.name, status=status)
+                self.begin_shutdown(f"{svc.name} exited", status=status)
+                return
             self.log.error("fatal", service=svc.name, status=status)
             self.begin_shutdown(f"{svc.name} is fatal", status=status, fatal=svc.name)
 
@@ -417,8 +426,12 @@ class Supervisor:
         fields.pop("service", None)
         # An exit we asked for (a stop: shutdown, eviction, controlled restart) is routine; an
         # unplanned one is worth a warning, and an error when it is the primary's.
+        # A clean exit (code 0) is no failure even when unplanned: with restart = "never" it is
+        # how a run ends normally.
         unplanned = action.kind == "fatal" or (
-            action.kind == "exit" and not action.fields.get("requested", False)
+            action.kind == "exit"
+            and not action.fields.get("requested", False)
+            and action.fields.get("failed", True) is not False
         )
         level = "warn" if unplanned or action.kind == "backoff" else "info"
         if svc.is_primary and unplanned:

@@ -1,0 +1,121 @@
+"""The supervisor never crashes on an absurd deadline and logs a clean end as info.
+
+Set up on the fake cgroupfs of tests/cgroup/fakefs.py, like tests/runtime/test_supervisor.py;
+no service is spawned.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+import pytest
+
+from oomguard.cgroup.path import CgroupPath
+from oomguard.config.model import Config
+from oomguard.observe.log import Logger
+from oomguard.policy import restart as rp
+from oomguard.runtime.supervisor import Supervisor
+from tests.cgroup.fakefs import FakeCgroupFS
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+@pytest.fixture
+def out() -> io.StringIO:
+    return io.StringIO()
+
+
+@pytest.fixture
+def sup(tmp_path: Path, out: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> Iterator[Supervisor]:
+    fs = FakeCgroupFS(tmp_path / "cgroup")
+    fs.add_proc(CgroupPath.ROOT, os.getpid())
+    config = Config.from_mapping(
+        {
+            "oomguard": {"cgroup": "/og", "state_dir": str(tmp_path / "state")},
+            "service": {
+                "db": {"role": "primary", "command": ["sleep", "1000"], "restart": "never"},
+                "side": {"command": ["sleep", "1000"]},
+            },
+        }
+    )
+    monkeypatch.setattr(Supervisor, "_protect_self", lambda self: None, raising=False)
+    s = Supervisor(config, fs, CgroupPath.ROOT, Logger(out), clock=lambda: 1000.0)
+    s._setup()
+    s.now = 1000.0
+    try:
+        yield s
+    finally:
+        s._close()
+
+
+@pytest.mark.parametrize("field", ["start_secs", "stop_timeout", "backoff_reset"])
+@pytest.mark.parametrize("value", [3600.0 * 1000, 1e300])
+def test_an_absurd_duration_does_not_crash_the_loop(
+    sup: Supervisor, field: str, value: float
+) -> None:
+    # backoff_reset = "1000h" overflowed epoll (rc 70); start_secs/stop_timeout = 1e300 gave
+    # "timestamp out of range". Each field is the deadline of one state.
+    svc = sup.services["side"]
+    svc.params = replace(svc.params, **{field: value})
+    rec = replace(svc.rec, pid=4242, started_at=sup.now)
+    if field == "start_secs":
+        svc.rec = replace(rec, state=rp.State.STARTING)
+    elif field == "stop_timeout":
+        svc.rec = replace(rec, state=rp.State.STOPPING, stop_deadline=sup.now + value)
+    else:
+        svc.rec = replace(rec, state=rp.State.RUNNING, attempt=1, running_since=sup.now)
+    assert rp.next_deadline(svc.params, svc.rec) is not None
+    timeout = sup._timeout()
+    assert timeout is not None and timeout > 0
+    r, w = os.pipe()
+    try:
+        sup.loop.add(r, 1, ("test", None))
+        os.write(w, b"x")
+        assert sup.loop.poll(timeout) == [(("test", None), 1)]
+    finally:
+        sup.loop.remove(r)
+        os.close(r)
+        os.close(w)
+
+
+def test_a_nan_or_infinite_extension_deadline_neither_spins_nor_crashes(sup: Supervisor) -> None:
+    class Odd:
+        def __init__(self, at: float) -> None:
+            self.at = at
+
+        def deadline(self) -> float:
+            return self.at
+
+    sup.extensions.append(Odd(float("nan")))  # type: ignore[arg-type]
+    assert sup._timeout() is None  # never due, so no wake-up (not a 0 s busy loop)
+    sup.extensions.append(Odd(float("inf")))  # type: ignore[arg-type]
+    timeout = sup._timeout()
+    assert timeout == float("inf")
+    assert sup.loop.poll(0 if timeout is None else -timeout) == []
+    sup.extensions.clear()
+
+
+def test_a_clean_exit_with_restart_never_is_info_not_fatal(
+    sup: Supervisor, out: io.StringIO
+) -> None:
+    db = sup.services["db"]
+    db.rec = replace(db.rec, state=rp.State.RUNNING, pid=4242, started_at=sup.now)
+    sup.feed(db, rp.Exited(rp.ExitInfo(code=0)))
+    text = out.getvalue()
+    assert "essential_exited service=db status=0" in text
+    assert "level=error" not in text and "fatal" not in text
+    outcome = sup._outcome()
+    assert outcome.status == 0 and outcome.fatal_service is None
+
+
+def test_a_failed_essential_exit_is_still_an_error(sup: Supervisor, out: io.StringIO) -> None:
+    db = sup.services["db"]
+    db.rec = replace(db.rec, state=rp.State.RUNNING, pid=4242, started_at=sup.now)
+    sup.feed(db, rp.Exited(rp.ExitInfo(code=3)))
+    assert "fatal level=error service=db status=3" in out.getvalue()
+    assert sup._outcome().fatal_service == "db"
