@@ -132,6 +132,8 @@ class _Published:
     mode: str
     slices: tuple[_SliceRow, ...] = ()
     services: tuple[_ServiceRow, ...] = ()
+    #: (source, stream, lines): output lines dropped because oomguard's stdout/stderr stalled.
+    output_dropped: tuple[tuple[str, str, int], ...] = ()
 
 
 def _limit(value: int | None) -> float:
@@ -174,13 +176,19 @@ def _service_row(name: str, svc: Mapping[str, Any]) -> _ServiceRow:
 
 
 def publication(
-    snapshot: SnapshotLike | None, services: Mapping[str, Mapping[str, Any]], mode: str
+    snapshot: SnapshotLike | None,
+    services: Mapping[str, Mapping[str, Any]],
+    mode: str,
+    output_dropped: Mapping[tuple[str, str], int] | None = None,
 ) -> _Published:
     """Snapshot + services (state.json's "services" shape) -> the frozen published value."""
     return _Published(
         mode=mode,
         slices=tuple(_slice_row(s) for s in snapshot.slices) if snapshot is not None else (),
         services=tuple(_service_row(name, svc) for name, svc in services.items()),
+        output_dropped=tuple(
+            (str(src), str(stream), int(n)) for (src, stream), n in (output_dropped or {}).items()
+        ),
     )
 
 
@@ -266,6 +274,14 @@ class _Collector:
             "Seconds the primary was not running since oomguard started",
             value=downtime,
         )
+        dropped = CounterMetricFamily(
+            "oomguard_output_dropped_lines",
+            "Output lines dropped because oomguard's stdout/stderr reader stalled",
+            labels=["source", "stream"],
+        )
+        for source, stream, lines in pub.output_dropped:
+            dropped.add_metric([source, stream], float(lines))
+        yield dropped
 
 
 # -- the HTTP server ---------------------------------------------------------------------------
@@ -349,9 +365,13 @@ class Metrics:
         services: Mapping[str, Mapping[str, Any]],
         *,
         mode: str | None = None,
+        output_dropped: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
-        """Replace what scrapes see. `services` has state.json's "services" shape."""
-        published = publication(snapshot, services, mode or self._collector.published.mode)
+        """Replace what scrapes see. `services` has state.json's "services" shape;
+        `output_dropped` maps (source, stream) to lines dropped (see runtime/supervisor.py)."""
+        published = publication(
+            snapshot, services, mode or self._collector.published.mode, output_dropped
+        )
         # The one shared write: an atomic reference swap (see module docstring).
         self._collector.published = published
 

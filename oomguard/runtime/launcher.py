@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
 
 from oomguard.errors import LaunchError
 from oomguard.events.pidfd import close_pidfd, send_signal
+from oomguard.observe.sink import OutputSink
 from oomguard.runtime.reaper import wait_exited
 
 if TYPE_CHECKING:
@@ -770,7 +771,7 @@ class _Registry(Protocol):
 class _Stream:
     name: str
     fd: int
-    dst: int
+    dst: OutputSink
     buf: bytearray = field(default_factory=bytearray)
 
 
@@ -786,9 +787,10 @@ class OutputPump:
 
     The pump owns the pipes it is given (`attach` takes them from the Child) and registers them
     in the loop with ``EPOLLIN`` under `PumpKey`; the supervisor calls `on_ready(key)` for those
-    keys. Writes to oomguard's own stdout are blocking: if whoever reads it stalls, so do the
-    services, exactly as without oomguard. A closed stdout (EPIPE) drops output and counts it
-    in `dropped_bytes`, but the pipes keep being drained so the services never block.
+    keys. Lines go out through one `OutputSink` per destination (pass `sinks` to share them,
+    e.g. stderr's with the log): never a blocking write. When whoever reads oomguard's output
+    stalls, lines beyond the sink's bound are dropped and counted (`OutputSink.dropped_by`,
+    per service), and the pipes keep being drained, so neither the loop nor the services block.
     """
 
     def __init__(
@@ -799,14 +801,31 @@ class OutputPump:
         stdout_fd: int = 1,
         stderr_fd: int = 2,
         max_line: int = 64 * 1024,
+        sinks: Mapping[int, OutputSink] | None = None,
     ) -> None:
         self._loop = loop
         self.width = width
-        self._stdout = stdout_fd
-        self._stderr = stderr_fd
         self._max_line = max_line
         self._streams: dict[int, _Stream] = {}
-        self.dropped_bytes = 0
+        self._sinks: dict[int, OutputSink] = dict(sinks or {})
+        #: The sinks this pump made (and closes); the caller closes the ones it passed in.
+        self._own: list[OutputSink] = []
+        for fd, name in ((stdout_fd, "stdout"), (stderr_fd, "stderr")):
+            if fd not in self._sinks:
+                sink = OutputSink(fd, name=name)
+                self._sinks[fd] = sink
+                self._own.append(sink)
+        self._stdout = self._sinks[stdout_fd]
+        self._stderr = self._sinks[stderr_fd]
+
+    @property
+    def sinks(self) -> list[OutputSink]:
+        """Where the lines go, one per distinct destination fd."""
+        return list({id(s): s for s in (self._stdout, self._stderr)}.values())
+
+    @property
+    def dropped_lines(self) -> int:
+        return sum(s.dropped_lines for s in self.sinks)
 
     @property
     def active(self) -> int:
@@ -860,40 +879,24 @@ class OutputPump:
     def _emit(self, stream: _Stream, final: bool) -> None:
         buf = stream.buf
         prefix = self._prefix(stream.name)
-        out = bytearray()
+        lines: list[bytes] = []
         start = 0
         while True:
             nl = buf.find(b"\n", start, start + self._max_line)
             if nl >= 0:
-                out += prefix + buf[start : nl + 1]
+                lines.append(prefix + buf[start : nl + 1])
                 start = nl + 1
             elif len(buf) - start >= self._max_line:
-                out += prefix + buf[start : start + self._max_line] + b"\n"
+                lines.append(prefix + buf[start : start + self._max_line] + b"\n")
                 start += self._max_line
             else:
                 break
         if final and start < len(buf):
-            out += prefix + buf[start:] + b"\n"
+            lines.append(prefix + buf[start:] + b"\n")
             start = len(buf)
         del buf[:start]
-        if out:
-            self._write_all(stream.dst, bytes(out))
-
-    def _write_all(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                # Our stdout is non-blocking (someone set O_NONBLOCK on a shared pipe): wait.
-                p = select.poll()
-                p.register(fd, select.POLLOUT)
-                p.poll(1000)
-                continue
-            except OSError:
-                self.dropped_bytes += len(view)
-                return
-            view = view[n:]
+        if lines:
+            stream.dst.write_lines(lines, stream.name)
 
     def _finish(self, stream: _Stream) -> None:
         self._emit(stream, final=True)
@@ -901,9 +904,12 @@ class OutputPump:
         del self._streams[stream.fd]
         os.close(stream.fd)
 
-    def close(self) -> None:
-        """Drain whatever is buffered in the pipes right now, flush partial lines, close all."""
+    def close(self, flush_timeout: float = 1.0) -> None:
+        """Drain whatever is buffered in the pipes right now, flush partial lines, close all.
+        The sinks the pump made get up to `flush_timeout` seconds to drain."""
         for stream in list(self._streams.values()):
             self.on_ready(PumpKey(stream.fd))
             if stream.fd in self._streams:
                 self._finish(stream)
+        for sink in self._own:
+            sink.close(flush_timeout)

@@ -67,7 +67,7 @@ class MetricsExtension:
             if svc.get("role") == "primary":
                 svc["downtime_total"] = round(downtime, 3)
             del name
-        self.metrics.publish(snap, services)
+        self.metrics.publish(snap, services, output_dropped=sup.output_dropped())
         self.next_at = sup.now + self.refresh
 
     def close(self) -> None:

@@ -34,6 +34,7 @@ from oomguard.events.inotify import InotifyWatcher, WatchEvent
 from oomguard.events.loop import Loop
 from oomguard.events.signals import SignalQueue
 from oomguard.observe.eventlog import EventLog
+from oomguard.observe.sink import OutputSink
 from oomguard.observe.state import make_state, write_state
 from oomguard.policy import ranking
 from oomguard.policy import restart as rp
@@ -42,7 +43,7 @@ from oomguard.runtime.reaper import Reaper, become_subreaper
 from oomguard.units import format_size
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
 
     from oomguard.cgroup.fs import CgroupFS
@@ -53,6 +54,10 @@ if TYPE_CHECKING:
 #: How long an `oom` rise read on its own stays the explanation for a kill read later: the
 #: kernel bumps both within one OOM, but inotify may deliver them a few loop turns apart.
 OOM_ATTRIBUTION_WINDOW = 2.0
+
+#: At most one `output_dropped` report per stream and source this often: a stalled reader can
+#: cost thousands of lines a second, and the report about them must not become a flood itself.
+DROP_REPORT_INTERVAL = 10.0
 
 #: Counters of memory.events(.local) that we log when they rise.
 _EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
@@ -143,6 +148,7 @@ class Supervisor:
         wall: Callable[[], float] = time.time,
         stdout_fd: int = 1,
         stderr_fd: int = 2,
+        sinks: Mapping[int, OutputSink] | None = None,
     ) -> None:
         self.config = config
         self.fs = fs
@@ -169,6 +175,15 @@ class Supervisor:
         self.reaper = Reaper(subreaper=False)
         self.events: EventLog | None = None
         self.pump: launcher.OutputPump | None = None
+        #: Non-blocking writers for oomguard's output fds, by fd (the caller's, e.g. the log's
+        #: stderr, plus any made here for the pump, which `_own_sinks` lists and closes).
+        self.sinks: dict[int, OutputSink] = dict(sinks or {})
+        self._own_sinks: list[OutputSink] = []
+        #: Sinks registered in the loop for EPOLLOUT, by the fd registered.
+        self._sink_fds: dict[int, OutputSink] = {}
+        #: Dropped-line totals already reported, and when the next report may go out.
+        self._drops_reported: dict[tuple[str, str], int] = {}
+        self._drops_next = 0.0
         #: Last seen memory.events.local counters per cgroup (root, slices, services).
         self.local: dict[CgroupPath, dict[str, int]] = {}
         #: When an `oom` rise (limit hit, no kill charged here) was last read, per cgroup.
@@ -281,11 +296,17 @@ class Supervisor:
         cfg = self.config
         width = max(len(n) for n in cfg.service)
         if any(s.log == "prefix" for s in cfg.service.values()):
+            for fd, name in ((self.stdout_fd, "stdout"), (self.stderr_fd, "stderr")):
+                if fd not in self.sinks:
+                    sink = OutputSink(fd, name=name)
+                    self.sinks[fd] = sink
+                    self._own_sinks.append(sink)
             self.pump = launcher.OutputPump(
                 _PumpRegistry(self.loop),
                 width,
                 stdout_fd=self.stdout_fd,
                 stderr_fd=self.stderr_fd,
+                sinks=self.sinks,
             )
         for name in cfg.start_order():
             scfg = cfg.service[name]
@@ -327,6 +348,7 @@ class Supervisor:
                 self.feed(self.services[name], rp.Start())
             while not self._finished():
                 self._flush_state()
+                self._watch_sinks()
                 timeout = self._timeout()
                 ready = self.loop.poll(timeout)
                 self.now = self.clock()
@@ -348,6 +370,8 @@ class Supervisor:
     def _timeout(self) -> float | None:
         deadlines = [rp.next_deadline(s.params, s.rec) for s in self.services.values()]
         deadlines += [ext.deadline() for ext in self.extensions]
+        if self._unreported_drops():
+            deadlines.append(self._drops_next)
         # A NaN deadline is never due (every comparison is false), so it needs no wake-up; an
         # enormous one (start_secs = 1e300) is fine here: the loop clamps the wait it is given.
         due = [d for d in deadlines if d is not None and not math.isnan(d)]
@@ -365,6 +389,8 @@ class Supervisor:
             self._on_inotify()
         elif kind == "pump" and self.pump is not None:
             self.pump.on_ready(value)
+        elif kind == "sink":
+            value.flush()
         elif kind == "ext":
             ext, inner = value
             ext.on_ready(inner, mask)
@@ -381,6 +407,7 @@ class Supervisor:
                 self.feed(svc, rp.Tick())
         for ext in self.extensions:
             ext.tick(self.now)
+        self._report_drops()
         if self.shutdown is not None:
             self._advance_shutdown()
         for ext in self.extensions:
@@ -799,6 +826,53 @@ class Supervisor:
         assert self.built is not None
         return self.built.root
 
+    # -- oomguard's own output ----------------------------------------------------------------
+
+    def _watch_sinks(self) -> None:
+        """Wait for EPOLLOUT on exactly the sinks that hold unwritten lines (a sink written
+        from another thread, e.g. the log, is picked up on the next turn)."""
+        for sink in {id(s): s for s in self.sinks.values()}.values():
+            fd = sink.poll_fd()
+            if sink.pending and fd >= 0 and fd not in self._sink_fds:
+                self.loop.add(fd, select.EPOLLOUT, ("sink", sink))
+                self._sink_fds[fd] = sink
+        for fd, sink in list(self._sink_fds.items()):
+            if not sink.pending or sink.poll_fd() != fd:
+                self.loop.remove(fd)
+                del self._sink_fds[fd]
+
+    def output_dropped(self) -> dict[tuple[str, str], int]:
+        """Lines dropped because oomguard's stdout/stderr reader stalled, by (source, stream);
+        the source is a service name or "oomguard" (its own log lines)."""
+        out: dict[tuple[str, str], int] = {}
+        for sink in {id(s): s for s in self.sinks.values()}.values():
+            for source, n in list(sink.dropped_by.items()):
+                out[(source, sink.name)] = out.get((source, sink.name), 0) + n
+        return out
+
+    def _unreported_drops(self) -> bool:
+        return any(self._drops_reported.get(k, 0) != n for k, n in self.output_dropped().items())
+
+    def _report_drops(self, final: bool = False) -> None:
+        """One `output_dropped` event (and warning) per source and stream whose count rose,
+        at most every DROP_REPORT_INTERVAL seconds (and once more at the end)."""
+        if not final and self.now < self._drops_next:
+            return
+        rose = False
+        for (source, stream), total in sorted(self.output_dropped().items()):
+            lines = total - self._drops_reported.get((source, stream), 0)
+            if lines <= 0:
+                continue
+            rose = True
+            self._drops_reported[(source, stream)] = total
+            service = source if source in self.services else None
+            fields: dict[str, Any] = {"source": source, "stream": stream}
+            fields.update(lines=lines, total=total)
+            self.log.warn("output_dropped", service=service, **fields)
+            self.emit("output_dropped", None, service=service, **fields)
+        if rose:
+            self._drops_next = self.now + DROP_REPORT_INTERVAL
+
     # -- signals and shutdown ---------------------------------------------------------------
 
     def _on_signals(self) -> None:
@@ -926,6 +1000,14 @@ class Supervisor:
                 ext.close()
         if self.pump is not None:
             self.pump.close()
+        for fd in list(self._sink_fds):
+            self.loop.remove(fd)
+        self._sink_fds.clear()
+        for sink in self._own_sinks:
+            sink.close()
+        with contextlib.suppress(Exception):
+            self.now = self.clock()
+            self._report_drops(final=True)
         if self.built is not None:
             try:
                 for msg in treemod.teardown(self.fs, self.built, keep_leaf=True):

@@ -263,12 +263,19 @@ def test_the_real_snapshot_types_are_accepted(metrics: Metrics) -> None:
 
 
 def test_every_exported_name_is_documented(metrics: Metrics) -> None:
-    metrics.publish(TREE, SERVICES)
+    metrics.publish(TREE, SERVICES, output_dropped={("db", "stdout"): 1})
     exported = names(scrape(metrics))
     documented = set(re.findall(r"`(oomguard_[a-z0-9_]+)", DOC.read_text()))
     # Both ways: no undocumented metric, and no documented metric that does not exist.
     assert exported == documented, exported ^ documented
-    assert len(exported) == 14
+    assert len(exported) == 15
+
+
+def test_output_dropped_lines(metrics: Metrics) -> None:
+    metrics.publish(None, {}, output_dropped={("db", "stdout"): 7, ("oomguard", "stderr"): 2})
+    s = scrape(metrics)
+    assert get(s, "oomguard_output_dropped_lines_total", source="db", stream="stdout") == 7
+    assert get(s, "oomguard_output_dropped_lines_total", source="oomguard", stream="stderr") == 2
 
 
 def test_service_states_match_the_policy_state_enum() -> None:

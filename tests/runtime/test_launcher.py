@@ -588,6 +588,7 @@ def test_prefix_lines_padded_and_split_by_stream(spawned: Spawner) -> None:
         assert len(keys) == 2 and db.stdout_fd == -1 and db.stderr_fd == -1
         _pump_until_done(loop, pump)
         assert len(loop) == 0
+        pump.close()  # closes the sinks it opened on out_w/err_w, so the readers see EOF
     spawned.wait(db)
     os.close(out_w)
     os.close(err_w)
@@ -608,6 +609,7 @@ def test_prefix_splits_overlong_lines_and_grows_width(spawned: Spawner) -> None:
         pump.attach(child)
         assert pump.width == len("backup")
         _pump_until_done(loop, pump)
+        pump.close()
     spawned.wait(child)
     os.close(out_w)
     assert read_all(out_r).decode().splitlines() == [
@@ -629,5 +631,6 @@ def test_pump_close_flushes_and_survives_a_closed_stdout(spawned: Spawner) -> No
         spawned.wait(child)
         pump.close()
         assert pump.active == 0 and len(loop) == 0
-    assert pump.dropped_bytes == len(b"m | lost\n")
+    assert pump.dropped_lines == 1
+    assert [s.dropped_by for s in pump.sinks] == [{"m": 1}]
     os.close(out_w)

@@ -119,3 +119,77 @@ def test_a_failed_essential_exit_is_still_an_error(sup: Supervisor, out: io.Stri
     sup.feed(db, rp.Exited(rp.ExitInfo(code=3)))
     assert "fatal level=error service=db status=3" in out.getvalue()
     assert sup._outcome().fatal_service == "db"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_dropped_output_is_reported_rate_limited_and_wakes_the_loop_to_flush(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fs = FakeCgroupFS(tmp_path / "cgroup")
+    fs.add_proc(CgroupPath.ROOT, os.getpid())
+    config = Config.from_mapping(
+        {
+            "oomguard": {"cgroup": "/og", "state_dir": str(tmp_path / "state")},
+            "service": {"db": {"role": "primary", "command": ["true"], "log": "prefix"}},
+        }
+    )
+    monkeypatch.setattr(Supervisor, "_protect_self", lambda self: None, raising=False)
+    r, w = os.pipe()  # oomguard's stdout, read by nobody
+    clock = Clock()
+    out = io.StringIO()
+    s = Supervisor(config, fs, CgroupPath.ROOT, Logger(out), clock=clock, stdout_fd=w)
+    try:
+        s._setup()
+        s.now = clock()
+        sink = s.sinks[w]
+        assert sink.name == "stdout" and s.pump is not None
+        line = b"db | " + b"y" * 95 + b"\n"
+        while sink.pending == 0:
+            sink.write_lines([line], "db")
+        s._watch_sinks()
+        assert sink.poll_fd() in s.loop  # the loop waits for EPOLLOUT on the sink...
+        for _ in range(5000):
+            sink.write_lines([line], "db")
+        s._tick()
+        reports = [e for e in _events(tmp_path) if e["kind"] == "output_dropped"]
+        first = sink.dropped_by["db"]
+        assert [(e["service"], e["stream"], e["lines"]) for e in reports] == [
+            ("db", "stdout", first)
+        ]
+        assert "output_dropped level=warn service=db source=db stream=stdout" in out.getvalue()
+        assert s.output_dropped() == {("db", "stdout"): first}
+        # More drops within the interval: no second report yet, but a wake-up for it.
+        sink.write_lines([line] * 10, "db")
+        s._tick()
+        assert len([e for e in _events(tmp_path) if e["kind"] == "output_dropped"]) == 1
+        assert s._timeout() == pytest.approx(10.0)
+        clock.t += 10
+        s.now = clock()
+        s._tick()
+        last = [e for e in _events(tmp_path) if e["kind"] == "output_dropped"][-1]
+        assert last["lines"] == 10 and last["total"] == first + 10
+        # ...and once the reader catches up, flushes on EPOLLOUT and stops watching.
+        while sink.pending:
+            os.read(r, 1 << 16)
+            for key, mask in s.loop.poll(1):
+                s._dispatch(key, mask)
+        s._watch_sinks()
+        assert sink.poll_fd() not in s.loop
+    finally:
+        s._close()
+        os.close(r)
+        os.close(w)
+
+
+def _events(tmp_path: Path) -> list[dict[str, object]]:
+    import json
+
+    text = (tmp_path / "state" / "events.jsonl").read_text()
+    return [json.loads(line) for line in text.splitlines()]
