@@ -14,7 +14,19 @@ naming the config field. The forked child then runs a fixed, short list of raw s
 4. setsid() (its own process group, for group signals), stdio, close every other fd.
 5. setgroups, setgid, setuid, in that order: once the uid is dropped, changing groups is no
    longer allowed.
-6. chdir (as the service user, so permissions are checked as that user), execve.
+6. prctl(PR_SET_PDEATHSIG, death_signal), then getppid() against oomguard's pid (see below).
+7. chdir (as the service user, so permissions are checked as that user), execve.
+
+Services must not outlive oomguard: killed with SIGKILL (or by the OOM killer), it can stop
+nothing, and a service left running unsupervised would be started a second time by the next
+oomguard. PR_SET_PDEATHSIG makes the kernel send the service `death_signal` when oomguard dies.
+The kernel clears that setting when the process changes credentials (setuid/setgid) and when it
+execs a set-id or file-capability binary, so it is set *after* the user is dropped (a set-id
+service binary loses it; nothing can be done about that from here). It is armed only from the
+moment of the prctl: if oomguard died just before, the child has already been reparented, which
+getppid() shows, and it exits instead of starting a service nobody supervises. The signal is
+sent when the *thread* that forked exits: spawn() runs only on the main thread, which lives as
+long as oomguard does.
 
 No logging, locks or imports happen in the child: another thread of the parent may have held a
 lock at fork time, and only this thread exists in the child. Any failure is written as a fixed
@@ -28,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import grp
 import os
 import pwd
@@ -38,7 +51,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
+from typing import TYPE_CHECKING, Literal, NoReturn, Protocol, cast
 
 from oomguard.errors import LaunchError
 from oomguard.events.pidfd import close_pidfd, send_signal
@@ -90,6 +103,11 @@ class LaunchSpec:
     oom_score_adj: int | None = None
     log: LogMode = "inherit"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: Sent to the service by the kernel if oomguard dies (PR_SET_PDEATHSIG); None: nothing.
+    #: The supervisor passes the service's stop_signal: the same graceful stop it would have
+    #: asked for itself (PostgreSQL's SIGINT is a clean fast shutdown, where a SIGKILL of the
+    #: postmaster leaves its backends running and forces crash recovery).
+    death_signal: int | None = None
 
     def child_env(self) -> dict[str, str]:
         return {**self.env, **self.extra_env}
@@ -120,6 +138,7 @@ class Stage(IntEnum):
     SETUID = 9
     CHDIR = 10
     EXEC = 11
+    PDEATHSIG = 12
 
 
 _STAGE_TEXT = {
@@ -134,6 +153,7 @@ _STAGE_TEXT = {
     Stage.SETUID: "set the user id",
     Stage.CHDIR: "enter its working directory",
     Stage.EXEC: "exec",
+    Stage.PDEATHSIG: "arrange to be stopped when oomguard dies (prctl PR_SET_PDEATHSIG)",
 }
 
 
@@ -378,6 +398,31 @@ class _Plan:
     setgroups: tuple[int, ...] | None
     setgid: int | None
     setuid: int | None
+    #: (prctl, signal, oomguard's pid), or None.
+    pdeathsig: tuple[_Prctl, int, int] | None
+
+
+class _Prctl(Protocol):
+    def __call__(self, option: int, arg2: int, arg3: int, arg4: int, arg5: int, /) -> int: ...
+
+
+#: <linux/prctl.h>
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc_prctl() -> _Prctl | None:
+    """libc's prctl through ctypes, resolved in the parent: the child may not import or load
+    anything (another thread may have held the import lock at fork time)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - no libc with prctl
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+    fn.restype = ctypes.c_int
+    return cast("_Prctl", fn)
 
 
 def _report(fd: int, stage: Stage, err: int, fatal: bool) -> None:
@@ -433,6 +478,14 @@ def _child_main(p: _Plan) -> NoReturn:  # pragma: no cover - runs in the forked 
         if p.setuid is not None:
             stage = Stage.SETUID
             os.setuid(p.setuid)
+        if p.pdeathsig is not None:
+            # After the credential change, which clears it (see the module docstring).
+            stage = Stage.PDEATHSIG
+            prctl, sig, parent = p.pdeathsig
+            if prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+                raise OSError(errno.EINVAL, "prctl")
+            if os.getppid() != parent:
+                os._exit(127)  # oomguard died before the prctl: start nothing
         if p.cwd is not None:
             stage = Stage.CHDIR
             os.chdir(p.cwd)
@@ -640,6 +693,14 @@ def spawn(
         if (creds.uid, creds.uid) != (os.getuid(), os.geteuid()):
             setuid = creds.uid
 
+    pdeathsig: tuple[_Prctl, int, int] | None = None
+    if spec.death_signal is not None:
+        prctl = _libc_prctl()
+        if prctl is None:  # pragma: no cover - no libc with prctl
+            warnings.append(f"{where}: no prctl(); it would outlive a killed oomguard")
+        else:
+            pdeathsig = (prctl, int(spec.death_signal), os.getpid())
+
     owned: list[int] = []  # fds to close in the parent whatever happens
     try:
         err_r, err_w = _pipe(owned)
@@ -671,6 +732,7 @@ def spawn(
             setgroups=setgroups,
             setgid=setgid,
             setuid=setuid,
+            pdeathsig=pdeathsig,
         )
 
         # Block every signal across fork: the child must not run a Python handler (or write

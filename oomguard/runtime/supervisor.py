@@ -32,7 +32,7 @@ from oomguard.cgroup.spec import SUPERVISOR_LEAF
 from oomguard.errors import CgroupError, LaunchError, OomguardError, Vanished
 from oomguard.events.inotify import InotifyWatcher, WatchEvent
 from oomguard.events.loop import Loop
-from oomguard.events.signals import SignalQueue
+from oomguard.events.signals import SignalQueue, disposition, signal_name
 from oomguard.observe.eventlog import EventLog
 from oomguard.observe.sink import OutputSink
 from oomguard.observe.state import make_state, write_state
@@ -495,6 +495,8 @@ class Supervisor:
             oom_score_adj=svc.oom_score_adj,
             log=scfg.log,
             extra_env=extra,
+            # If oomguard is killed, the kernel stops the service the way oomguard would have.
+            death_signal=int(scfg.stop_signal),
         )
         # Start from zero: an OOM of the previous incarnation must not be blamed on this one.
         svc.oom_pending = False
@@ -876,23 +878,30 @@ class Supervisor:
     # -- signals and shutdown ---------------------------------------------------------------
 
     def _on_signals(self) -> None:
+        """Dispatch by `events.signals.disposition` (the table is in README.md)."""
         assert self.signals is not None
         for sig in self.signals.drain():
-            if sig == signal.SIGCHLD:
+            what = disposition(sig)
+            name = signal_name(sig)
+            if what == "reap":
                 self._on_exits()
-            elif sig == signal.SIGHUP:
+            elif what == "forward":
                 primary = self.services[self.primary]
-                self.log.info("forward", signal="SIGHUP", service=self.primary)
-                self._signal(primary, signal.SIGHUP)
-            elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                sent = primary.child is not None and primary.child.send_signal(sig)
+                self.log.info("forward", signal=name, service=self.primary, sent=sent)
+            elif what == "stop":
                 if self.shutdown is not None and sig == signal.SIGINT:
                     # A second Ctrl-C: stop waiting for graceful stops.
                     for svc in self.services.values():
                         if svc.child is not None:
                             self._kill_cgroup(svc, "second_interrupt")
                     continue
-                self.log.info("signal_received", signal=sig.name)
-                self.begin_shutdown(f"received {sig.name}")
+                self.log.info("signal_received", signal=name)
+                self.begin_shutdown(f"received {name}")
+            else:
+                # Job control (^Z, a background tty access): a stopped supervisor would react
+                # to no OOM, so it keeps running. Its services are not stopped either.
+                self.log.info("signal_ignored", signal=name)
         # Pidfds cover tracked services; orphans (PID 1) only announce themselves by SIGCHLD.
 
     def begin_shutdown(

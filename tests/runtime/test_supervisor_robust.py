@@ -193,3 +193,48 @@ def _events(tmp_path: Path) -> list[dict[str, object]]:
 
     text = (tmp_path / "state" / "events.jsonl").read_text()
     return [json.loads(line) for line in text.splitlines()]
+
+
+class FakeChild:
+    def __init__(self) -> None:
+        self.pid = 4242
+        self.sent: list[int] = []
+
+    def send_signal(self, sig: int) -> bool:
+        self.sent.append(sig)
+        return True
+
+
+def test_signals_are_forwarded_to_the_primary_ignored_or_stop(
+    sup: Supervisor, out: io.StringIO, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    db = sup.services["db"]
+    child = FakeChild()
+    db.child = child  # type: ignore[assignment]
+    arrived = [
+        signal.SIGUSR1,
+        signal.SIGUSR2,
+        signal.SIGALRM,
+        signal.SIGHUP,
+        signal.SIGWINCH,
+        signal.SIGRTMIN + 3,
+        signal.SIGTSTP,
+        signal.SIGTTOU,
+    ]
+    assert sup.signals is not None
+    monkeypatch.setattr(sup.signals, "drain", lambda: list(arrived))
+    try:
+        sup._on_signals()
+        assert child.sent == arrived[:6]
+        text = out.getvalue()
+        for name in ("SIGUSR1", "SIGUSR2", "SIGALRM", "SIGHUP", "SIGWINCH", "SIGRTMIN+3"):
+            assert f"forward signal={name} service=db sent=true" in text
+        assert "signal_ignored signal=SIGTSTP" in text and "signal_ignored signal=SIGTTOU" in text
+        assert sup.shutdown is None  # none of these stops anything
+        arrived[:] = [signal.SIGQUIT]
+        sup._on_signals()
+        assert sup.shutdown is not None and sup.shutdown.reason == "received SIGQUIT"
+    finally:
+        db.child = None
