@@ -370,3 +370,49 @@ def test_parse_listen(listen: str, expected: tuple[str, int]) -> None:
 def test_parse_listen_rejects(listen: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         parse_listen(listen)
+
+
+def test_idle_connections_cost_no_thread_and_a_scrape_still_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, every connection got a thread for as long as the client kept it open: 200 idle
+    # connections gave 202 threads.
+    from oomguard.observe import metrics as metrics_mod
+
+    monkeypatch.setattr(metrics_mod._Server, "idle_timeout", 1.0, raising=False)
+    m = start_metrics("127.0.0.1:0", poll_interval=FAST)
+    idle: list[socket.socket] = []
+    try:
+        before = threading.active_count()
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", m.port), timeout=10))
+        assert threading.active_count() <= before + getattr(metrics_mod, "MAX_WORKERS", 4)
+        # A normal scrape gets in among them (the oldest silent connections make room).
+        assert get(scrape(m), "oomguard_info", version=__version__, mode="enforce") == 1
+        assert threading.active_count() <= before + getattr(metrics_mod, "MAX_WORKERS", 4)
+        # Every idle connection is closed by the server: at once (beyond MAX_WAITING) or after
+        # the idle timeout. The client sees EOF.
+        for sock in idle:
+            sock.settimeout(10)
+            assert sock.recv(1) == b""
+        assert m._server is not None and m._server.refused >= 200
+    finally:
+        for sock in idle:
+            sock.close()
+        m.close()
+
+
+def test_a_stalled_request_is_cut_off_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client that sends half a request and stops holds one worker, for a bounded time only.
+    from oomguard.observe import metrics as metrics_mod
+
+    monkeypatch.setattr(metrics_mod._Server, "idle_timeout", 0.5, raising=False)
+    monkeypatch.setattr(metrics_mod._QuietHandler, "timeout", 0.5)
+    m = start_metrics("127.0.0.1:0", poll_interval=FAST)
+    try:
+        with socket.create_connection(("127.0.0.1", m.port), timeout=10) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line: never done
+            assert sock.recv(1) == b""  # closed by the server, no traceback printed
+        assert get(scrape(m), "oomguard_info", version=__version__, mode="enforce") == 1
+    finally:
+        m.close()
