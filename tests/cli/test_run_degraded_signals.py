@@ -8,6 +8,7 @@ cgroup v1); elsewhere the real-kernel tests (tests/kernel/test_robust.py) cover 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -130,3 +131,19 @@ def test_degraded_run_survives_forwards_and_takes_its_services_down_when_killed(
             og.kill()
             og.wait()
         err.close()
+        _kill_leftovers(log)
+
+
+def _kill_leftovers(log: Path) -> None:
+    """On failure (e.g. an oomguard that died of SIGUSR1), its services would outlive the test:
+    stop every recorder shell of this test, recognised by its log path on the command line."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if str(log).encode() in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(entry.name), signal.SIGKILL)
