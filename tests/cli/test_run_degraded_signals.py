@@ -136,7 +136,8 @@ def test_degraded_run_survives_forwards_and_takes_its_services_down_when_killed(
 
 def _kill_leftovers(log: Path) -> None:
     """On failure (e.g. an oomguard that died of SIGUSR1), its services would outlive the test:
-    stop every recorder shell of this test, recognised by its log path on the command line."""
+    stop every service shell of this test, recognised by `log` (a path of the test's own
+    tmp_path) on its command line."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -147,3 +148,47 @@ def _kill_leftovers(log: Path) -> None:
         if str(log).encode() in cmdline:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(entry.name), signal.SIGKILL)
+
+
+def test_stalled_stdout_and_stderr_readers_never_freeze_a_degraded_run(tmp_path: Path) -> None:
+    # `oomguard run … 2>&1 | sleep`: nobody reads either stream. Before, the loop blocked in a
+    # pipe write of the prefixed output and SIGTERM was never acted on.
+    # The `:` names tmp_path, so that a failed run's leftovers can be found and stopped.
+    chatty = f": {tmp_path}; head -c 2000000 /dev/zero | tr '\\0' x | fold -w 99; "
+    chatty += "while :; do sleep 0.1; done"
+    config: dict[str, dict[str, object]] = {
+        "oomguard": {"state_dir": str(tmp_path / "state")},
+        "service.db": {"role": "primary", "command": recorder("db", tmp_path / "db.log")},
+        "service.chatty": {"command": ["/bin/sh", "-c", chatty], "log": "prefix"},
+    }
+    path = tmp_path / "og.toml"
+    path.write_text(toml(config))
+    from oomguard.config.load import load_config
+
+    if degrade_reason(load_config(path, {})) is None:
+        pytest.skip("oomguard would build a slice tree on this host: tests/kernel covers it")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r, w = os.pipe()
+    og = subprocess.Popen(
+        [sys.executable, "-m", "oomguard", "run", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=w,
+        stderr=w,
+        env=env,
+        cwd=REPO,
+    )
+    os.close(w)
+    events = tmp_path / "state" / "events.jsonl"
+    try:
+        running_pids(tmp_path / "state" / "state.json")
+        time.sleep(2)  # chatty's 2 MB are out by now: far more than the pipe takes
+        og.send_signal(signal.SIGTERM)
+        assert og.wait(timeout=30) == 0
+        text = events.read_text()
+        assert '"kind":"shutdown"' in text and '"kind":"output_dropped"' in text
+    finally:
+        if og.poll() is None:
+            og.kill()
+            og.wait()
+        os.close(r)
+        _kill_leftovers(tmp_path)
