@@ -34,7 +34,7 @@ from oomguard.events.inotify import InotifyWatcher, WatchEvent
 from oomguard.events.loop import Loop
 from oomguard.events.signals import SignalQueue, disposition, signal_name
 from oomguard.observe.eventlog import EventLog
-from oomguard.observe.sink import OutputSink
+from oomguard.observe.sink import SELF, OutputSink
 from oomguard.observe.state import make_state, write_state
 from oomguard.policy import ranking
 from oomguard.policy import restart as rp
@@ -870,7 +870,10 @@ class Supervisor:
             service = source if source in self.services else None
             fields: dict[str, Any] = {"source": source, "stream": stream}
             fields.update(lines=lines, total=total)
-            self.log.warn("output_dropped", service=service, **fields)
+            if source != SELF:
+                # Not for the log's own lost lines: the warning would go to the stalled stream
+                # it is about, be lost in turn, and call for another report ten seconds later.
+                self.log.warn("output_dropped", service=service, **fields)
             self.emit("output_dropped", None, service=service, **fields)
         if rose:
             self._drops_next = self.now + DROP_REPORT_INTERVAL

@@ -238,3 +238,25 @@ def test_signals_are_forwarded_to_the_primary_ignored_or_stop(
         assert sup.shutdown is not None and sup.shutdown.reason == "received SIGQUIT"
     finally:
         db.child = None
+
+
+def test_the_logs_own_dropped_lines_are_an_event_but_no_log_line(
+    sup: Supervisor, out: io.StringIO, tmp_path: Path
+) -> None:
+    from oomguard.observe.sink import SELF, OutputSink
+
+    r, w = os.pipe()
+    os.close(r)  # the log's reader is gone
+    sink = OutputSink(w, name="stderr")
+    try:
+        sup.sinks[w] = sink
+        sink.write_lines([b"lost\n"], SELF)
+        sup._report_drops()
+        reports = [e for e in _events(tmp_path) if e["kind"] == "output_dropped"]
+        assert [(e["source"], e["lines"]) for e in reports] == [(SELF, 1)]
+        assert "output_dropped" not in out.getvalue()
+        assert not sup._unreported_drops()  # nothing calls for another report
+    finally:
+        del sup.sinks[w]
+        sink.close()
+        os.close(w)
