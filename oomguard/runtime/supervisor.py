@@ -847,6 +847,15 @@ class Supervisor:
         """Lines dropped because oomguard's stdout/stderr reader stalled, by (source, stream);
         the source is a service name or "oomguard" (its own log lines)."""
         out: dict[tuple[str, str], int] = {}
+        # Every series that can rise exists from the start, at 0 (a counter that appears only
+        # once something went wrong cannot be alerted on with increase()).
+        log_sink = self.sinks.get(self.stderr_fd)
+        if log_sink is not None and log_sink not in self._own_sinks:  # the caller's: the log's
+            out[(SELF, log_sink.name)] = 0
+        if self.pump is not None:
+            prefixed = [n for n, svc in self.services.items() if svc.cfg.log == "prefix"]
+            for sink in self.pump.sinks:
+                out.update(((name, sink.name), 0) for name in prefixed)
         for sink in {id(s): s for s in self.sinks.values()}.values():
             for source, n in list(sink.dropped_by.items()):
                 out[(source, sink.name)] = out.get((source, sink.name), 0) + n

@@ -164,7 +164,7 @@ def test_dropped_output_is_reported_rate_limited_and_wakes_the_loop_to_flush(
             ("db", "stdout", first)
         ]
         assert "output_dropped level=warn service=db source=db stream=stdout" in out.getvalue()
-        assert s.output_dropped() == {("db", "stdout"): first}
+        assert s.output_dropped() == {("db", "stdout"): first, ("db", "stderr"): 0}
         # More drops within the interval: no second report yet, but a wake-up for it.
         sink.write_lines([line] * 10, "db")
         s._tick()
