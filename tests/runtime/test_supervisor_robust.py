@@ -233,6 +233,11 @@ def test_signals_are_forwarded_to_the_primary_ignored_or_stop(
             assert f"forward signal={name} service=db sent=true" in text
         assert "signal_ignored signal=SIGTSTP" in text and "signal_ignored signal=SIGTTOU" in text
         assert sup.shutdown is None  # none of these stops anything
+        reaped: list[bool] = []
+        monkeypatch.setattr(sup, "_on_exits", lambda: reaped.append(True))
+        arrived[:] = [signal.SIGCHLD]
+        sup._on_signals()
+        assert reaped == [True] and len(child.sent) == 6  # reaps; nothing forwarded
         arrived[:] = [signal.SIGQUIT]
         sup._on_signals()
         assert sup.shutdown is not None and sup.shutdown.reason == "received SIGQUIT"
