@@ -43,6 +43,7 @@ def supervise(config: Config, *, init: bool) -> Outcome:
     """Build the tree, run the services until shutdown, tear down. Raises OomguardError."""
     from oomguard.cgroup.fs import CgroupFS
     from oomguard.observe.log import Logger
+    from oomguard.observe.sink import OutputSink, SinkStream
     from oomguard.runtime.supervisor import Supervisor, default_self_cgroup
 
     degraded = degrade_reason(config)
@@ -54,8 +55,12 @@ def supervise(config: Config, *, init: bool) -> Outcome:
         from oomguard.cgroup.path import CgroupPath
 
         mount, own = Path("/sys/fs/cgroup"), CgroupPath(())
+    # The log never blocks the loop on a stalled stderr reader: lines that do not fit in the
+    # sink's bounded buffer are dropped and counted (observe/sink.py).
+    sys.stderr.flush()
+    err_sink = OutputSink(2, name="stderr")
     log = Logger(
-        sys.stderr,
+        SinkStream(err_sink),
         config.oomguard.log_format,
         # journald adds its own timestamps; don't print them twice.
         timestamps="JOURNAL_STREAM" not in os.environ,
@@ -63,14 +68,19 @@ def supervise(config: Config, *, init: bool) -> Outcome:
     )
     from oomguard.runtime.pressure import PressureResponse
 
-    sup = Supervisor(config, CgroupFS(mount), own, log, init=init, degraded=degraded)
-    sup.extensions.append(PressureResponse())
-    if config.oomguard.metrics_listen:
-        # Imported only when asked for: prometheus_client is an optional extra.
-        from oomguard.runtime.metrics import MetricsExtension
+    try:
+        sup = Supervisor(
+            config, CgroupFS(mount), own, log, init=init, degraded=degraded, sinks={2: err_sink}
+        )
+        sup.extensions.append(PressureResponse())
+        if config.oomguard.metrics_listen:
+            # Imported only when asked for: prometheus_client is an optional extra.
+            from oomguard.runtime.metrics import MetricsExtension
 
-        sup.extensions.append(MetricsExtension(config.oomguard.metrics_listen))
-    return sup.run()
+            sup.extensions.append(MetricsExtension(config.oomguard.metrics_listen))
+        return sup.run()
+    finally:
+        err_sink.close()
 
 
 def degrade_reason(config: Config) -> str | None:

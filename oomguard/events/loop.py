@@ -21,16 +21,34 @@ on the next poll instead of losing the rest.
 from __future__ import annotations
 
 import errno
+import math
 import select
 from typing import Generic, TypeVar
 
 K = TypeVar("K")
+
+#: The longest single wait, in seconds. epoll_wait takes an int of milliseconds (CPython raises
+#: OverflowError past ~24.8 days, or "timestamp out of range" for a huge float), and a deadline
+#: computed from a configured duration can be anything up to +inf. Waking once a day costs
+#: nothing: the caller recomputes its deadlines every turn, so a clamped wait only means one
+#: extra loop turn.
+MAX_WAIT = 86400.0
 
 EPOLLIN = select.EPOLLIN
 EPOLLPRI = select.EPOLLPRI
 EPOLLOUT = select.EPOLLOUT
 EPOLLERR = select.EPOLLERR
 EPOLLHUP = select.EPOLLHUP
+
+
+def clamp_timeout(timeout: float | None) -> float:
+    """A caller's timeout as epoll can take it: None -> -1 (forever); negative -> 0; anything
+    above `MAX_WAIT`, +inf or NaN (a deadline built from an absurd duration) -> `MAX_WAIT`."""
+    if timeout is None:
+        return -1.0
+    if math.isnan(timeout) or timeout > MAX_WAIT:
+        return MAX_WAIT
+    return max(timeout, 0.0)
 
 
 class Loop(Generic[K]):
@@ -90,17 +108,18 @@ class Loop(Generic[K]):
                 raise
 
     def poll(self, timeout: float | None = None) -> list[tuple[K, int]]:
-        """Wait up to `timeout` seconds (None: forever, 0: don't block) and return
-        ``(key, mask)`` for every ready fd.
+        """Wait up to `timeout` seconds (None: forever, 0: don't block; clamped to `MAX_WAIT`)
+        and return ``(key, mask)`` for every ready fd.
 
         EINTR is retried with the remaining time (PEP 475 does this inside epoll.poll; the
         loop below only matters if a signal handler raised InterruptedError itself). A signal
         that should wake the loop goes through `SignalQueue`'s wakeup fd, not through EINTR.
         """
         ep = self._ep()
+        wait = clamp_timeout(timeout)
         while True:
             try:
-                ready = ep.poll(-1 if timeout is None else max(timeout, 0.0))
+                ready = ep.poll(wait)
             except InterruptedError:
                 continue
             break

@@ -14,13 +14,30 @@ period, databases and all.
 
 `close()` (or leaving the ``with`` block, even through an exception) restores the previous
 handlers and the previous wakeup fd, so tests and embedding code get their process back as it was.
+
+Every signal has an owner (tini's and dumb-init's rule): a signal whose default action kills
+would otherwise end a non-PID-1 oomguard and leave its services running unsupervised. So by
+default every catchable signal gets the recording handler, except those in `LEFT_DEFAULT`, and
+the supervisor dispatches each by `disposition()`:
+
+- ``stop``: SIGTERM, SIGINT, SIGQUIT, a graceful shutdown (a second SIGINT: kill now);
+- ``reap``: SIGCHLD;
+- ``ignore`` (logged): SIGTSTP, SIGTTIN, SIGTTOU. A stopped supervisor reacts to no OOM, so ^Z
+  or a background tty access must not stop it;
+- ``forward`` to the primary's main process: every other catchable signal (SIGHUP, SIGUSR1,
+  SIGUSR2, SIGWINCH, SIGALRM, SIGCONT, SIGURG, SIGIO, SIGPWR, SIGPROF, SIGVTALRM, SIGXCPU,
+  SIGSTKFLT, SIGRTMIN..SIGRTMAX);
+- `LEFT_DEFAULT`: SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT, SIGTRAP, SIGSYS report a crash of
+  oomguard itself (tini leaves them alone too): hiding one would keep a corrupted supervisor
+  running. SIGPIPE and SIGXFSZ stay ignored as CPython sets them (a write then fails with
+  EPIPE/EFBIG and is handled). SIGKILL and SIGSTOP cannot be caught.
 """
 
 from __future__ import annotations
 
 import signal
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -29,15 +46,56 @@ if TYPE_CHECKING:
 
     _Handler: TypeAlias = Callable[[int, FrameType | None], Any] | int | signal.Handlers | None
 
-#: What the supervisor reacts to. SIGCHLD wakes the loop to reap orphans when oomguard is
-#: PID 1 or a subreaper (tracked services also have pidfds). SIGQUIT is handled so that, as PID 1,
-#: it is not silently dropped; the supervisor treats it like SIGTERM.
-DEFAULT_SIGNALS: tuple[signal.Signals, ...] = (
-    signal.SIGTERM,
-    signal.SIGINT,
-    signal.SIGHUP,
-    signal.SIGCHLD,
-    signal.SIGQUIT,
+Disposition = Literal["stop", "reap", "ignore", "forward", "default"]
+
+#: Stop oomguard (and its services, in reverse dependency order). SIGQUIT is handled so that,
+#: as PID 1, it is not silently dropped; the supervisor treats it like SIGTERM.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT, signal.SIGQUIT})
+#: Job control: never let it stop the supervisor.
+IGNORED_SIGNALS = frozenset({signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+#: Not caught (see the module docstring): crash reports, CPython's own SIG_IGNs, uncatchable.
+LEFT_DEFAULT = frozenset(
+    {
+        signal.SIGSEGV,
+        signal.SIGBUS,
+        signal.SIGFPE,
+        signal.SIGILL,
+        signal.SIGABRT,
+        signal.SIGTRAP,
+        signal.SIGSYS,
+        signal.SIGPIPE,
+        signal.SIGXFSZ,
+        signal.SIGKILL,
+        signal.SIGSTOP,
+    }
+)
+
+
+def disposition(sig: int) -> Disposition:
+    """What the supervisor does with `sig` (the table in the module docstring and README)."""
+    if sig in STOP_SIGNALS:
+        return "stop"
+    if sig == signal.SIGCHLD:
+        return "reap"
+    if sig in IGNORED_SIGNALS:
+        return "ignore"
+    if sig in LEFT_DEFAULT:
+        return "default"
+    return "forward"
+
+
+def signal_name(sig: int) -> str:
+    """``SIGUSR1``; real-time signals without a name of their own as ``SIGRTMIN+3``."""
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"SIGRTMIN+{sig - signal.SIGRTMIN}"
+
+
+#: Every signal the supervisor catches: all of them but `LEFT_DEFAULT`. SIGCHLD wakes the loop
+#: to reap orphans when oomguard is PID 1 or a subreaper (tracked services also have pidfds).
+DEFAULT_SIGNALS: tuple[int, ...] = tuple(
+    sorted(int(s) for s in signal.valid_signals() if int(s) not in LEFT_DEFAULT)
 )
 
 
@@ -54,8 +112,8 @@ class SignalQueue:
     """
 
     def __init__(self, signals: Iterable[int] = DEFAULT_SIGNALS) -> None:
-        self._signals = tuple(signal.Signals(s) for s in signals)
-        self._prev_handlers: dict[signal.Signals, _Handler] = {}
+        self._signals = tuple(int(s) for s in signals)
+        self._prev_handlers: dict[int, _Handler] = {}
         self._prev_wakeup: int | None = None
         self._rsock: socket.socket | None = None
         self._wsock: socket.socket | None = None
@@ -76,7 +134,7 @@ class SignalQueue:
             raise
 
     @property
-    def signals(self) -> tuple[signal.Signals, ...]:
+    def signals(self) -> tuple[int, ...]:
         return self._signals
 
     @property
@@ -88,9 +146,10 @@ class SignalQueue:
             raise ValueError("the signal queue is closed")
         return self._rsock.fileno()
 
-    def drain(self) -> list[signal.Signals]:
+    def drain(self) -> list[int]:
         """Every signal received since the last drain, oldest first, duplicates kept (two
-        SIGINTs can mean "stop now" to the caller). Non-blocking; [] if none."""
+        SIGINTs can mean "stop now" to the caller). Non-blocking; [] if none. A signal with a
+        name comes back as a `signal.Signals`; a real-time one as its number."""
         if self._rsock is None:
             return []
         data = bytearray()
@@ -102,12 +161,12 @@ class SignalQueue:
             if not chunk:
                 break
             data += chunk
-        out: list[signal.Signals] = []
+        out: list[int] = []
         for b in data:
             try:
                 out.append(signal.Signals(b))
-            except ValueError:  # pragma: no cover - the kernel only delivers valid numbers
-                continue
+            except ValueError:  # SIGRTMIN+1 .. SIGRTMAX-1 have no enum member
+                out.append(b)
         return out
 
     def close(self) -> None:

@@ -28,7 +28,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from enum import Enum
-from typing import TYPE_CHECKING, Literal, TextIO
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from oomguard.units import format_size
 
@@ -37,6 +37,16 @@ if TYPE_CHECKING:
 
 Format = Literal["kv", "json"]
 Level = Literal["debug", "info", "warn", "error"]
+
+
+class TextSink(Protocol):
+    """Where lines go: a text stream (sys.stderr, StringIO) or `observe.sink.SinkStream`, which
+    never blocks on a stalled reader."""
+
+    def write(self, s: str, /) -> int: ...
+
+    def flush(self) -> None: ...
+
 
 _LEVEL_RANK: dict[str, int] = {"debug": 10, "info": 20, "warn": 30, "error": 40}
 #: Keys the line itself uses; a field with one of these names would be ambiguous in JSON mode.
@@ -147,7 +157,7 @@ class Logger:
 
     def __init__(
         self,
-        stream: TextIO,
+        stream: TextSink,
         fmt: Format = "kv",
         clock_wall: Callable[[], float] = time.time,
         *,

@@ -15,15 +15,26 @@ We run our own small HTTP server around prometheus_client's public WSGI app inst
 ``start_http_server``: we need the bound port (``:0`` in tests), an IPv6-aware bind, a quiet
 request handler (per-scrape stderr lines would bypass observe/log.py), no reverse-DNS lookup at
 bind time (``HTTPServer.server_bind`` calls getfqdn, which can hang for seconds in a container
-without DNS), and a clean ``close()``.
+without DNS), a clean ``close()``, and limits (node_exporter's request caps): a thread per
+connection would let anyone who can connect make oomguard start threads without bound.
+
+- A connection that has sent nothing yet costs no thread: the server thread holds at most
+  `MAX_WAITING` of them in one selector and closes the oldest when a new one arrives (so a fresh
+  scrape always gets in), and closes any that stay silent for `IDLE_TIMEOUT` seconds.
+- A connection with a request gets one of `MAX_WORKERS` worker threads; when all are busy it is
+  closed at once. Every socket operation in a worker times out after `IDLE_TIMEOUT` seconds.
+So the exporter never runs more than 1 + `MAX_WORKERS` threads, whatever clients do.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import selectors
 import socket
 import socketserver
 import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
@@ -54,6 +65,13 @@ LISTEN_HINT = (
     "set [oomguard] metrics_listen to host:port, e.g. 127.0.0.1:9150, [::1]:9150 or :9150 "
     "(all IPv4 interfaces)"
 )
+#: Connections accepted but silent (no request yet) that the server keeps; beyond, the oldest
+#: is closed.
+MAX_WAITING = 64
+#: Requests served at once, one thread each; a request beyond this is refused (closed).
+MAX_WORKERS = 4
+#: Seconds a connection may stay silent before its request, and per socket operation after.
+IDLE_TIMEOUT = 5.0
 
 
 # -- what we read from a snapshot (observe/snapshot.py); structural so this module does not
@@ -134,6 +152,8 @@ class _Published:
     services: tuple[_ServiceRow, ...] = ()
     #: No slice tree (read-only cgroupfs, no memory controller): services only, no slices.
     degraded: bool = False
+    #: (source, stream, lines): output lines dropped because oomguard's stdout/stderr stalled.
+    output_dropped: tuple[tuple[str, str, int], ...] = ()
 
 
 def _limit(value: int | None) -> float:
@@ -181,6 +201,7 @@ def publication(
     mode: str,
     *,
     degraded: bool = False,
+    output_dropped: Mapping[tuple[str, str], int] | None = None,
 ) -> _Published:
     """Snapshot + services (state.json's "services" shape) -> the frozen published value.
     Without a snapshot (degraded, or a failed read) only the per-service series are served."""
@@ -189,6 +210,9 @@ def publication(
         slices=tuple(_slice_row(s) for s in snapshot.slices) if snapshot is not None else (),
         services=tuple(_service_row(name, svc) for name, svc in services.items()),
         degraded=degraded,
+        output_dropped=tuple(
+            (str(src), str(stream), int(n)) for (src, stream), n in (output_dropped or {}).items()
+        ),
     )
 
 
@@ -280,19 +304,37 @@ class _Collector:
             "Seconds the primary was not running since oomguard started",
             value=downtime,
         )
+        dropped = CounterMetricFamily(
+            "oomguard_output_dropped_lines",
+            "Output lines dropped because oomguard's stdout/stderr reader stalled",
+            labels=["source", "stream"],
+        )
+        for source, stream, lines in pub.output_dropped:
+            dropped.add_metric([source, stream], float(lines))
+        yield dropped
 
 
 # -- the HTTP server ---------------------------------------------------------------------------
 
 
 class _QuietHandler(WSGIRequestHandler):
+    #: StreamRequestHandler.setup() applies it to the connection: every read and write of a
+    #: request times out, so a stalled client holds a worker for a bounded time.
+    timeout = IDLE_TIMEOUT
+
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    # A scrape must never keep the supervisor from exiting.
-    daemon_threads = True
+class _Server(WSGIServer):
+    """One selector thread for accepting and idle connections, a few workers for requests
+    (see the module docstring). Replaces socketserver's serve_forever/shutdown."""
+
+    max_waiting = MAX_WAITING
+    max_workers = MAX_WORKERS
+    idle_timeout = IDLE_TIMEOUT
+    #: listen() backlog: socketserver's 5 makes a burst of clients wait for SYN retries.
+    request_queue_size = 128
 
     def server_bind(self) -> None:
         # Skip HTTPServer.server_bind's socket.getfqdn() (see module docstring).
@@ -301,6 +343,96 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         self.server_name = str(host)
         self.server_port = int(port)
         self.setup_environ()
+        # accept() after a readiness report must not block if the client is already gone.
+        self.socket.setblocking(False)
+        self._stop = threading.Event()
+        self._workers = threading.BoundedSemaphore(self.max_workers)
+        #: Connections closed by a limit (idle too long, evicted, or no free worker).
+        self.refused = 0
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        waiting: dict[socket.socket, tuple[Any, float]] = {}
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.socket, selectors.EVENT_READ)
+            try:
+                while not self._stop.is_set():
+                    for key, _ in sel.select(self._wait(waiting, poll_interval)):
+                        if key.fileobj is self.socket:
+                            self._accept(sel, waiting)
+                        else:
+                            conn = key.fileobj
+                            assert isinstance(conn, socket.socket)
+                            sel.unregister(conn)
+                            addr, _ = waiting.pop(conn)
+                            self._dispatch(conn, addr)
+                    self._expire(sel, waiting)
+            finally:
+                for conn in waiting:
+                    self._drop(conn)
+
+    def _wait(self, waiting: dict[socket.socket, tuple[Any, float]], poll: float) -> float:
+        if not waiting:
+            return poll
+        oldest = next(iter(waiting.values()))[1]
+        return max(0.0, min(poll, oldest + self.idle_timeout - time.monotonic()))
+
+    def _accept(
+        self, sel: selectors.BaseSelector, waiting: dict[socket.socket, tuple[Any, float]]
+    ) -> None:
+        try:
+            conn, addr = self.socket.accept()
+        except OSError:  # gone before we got to it (ECONNABORTED), EMFILE, EAGAIN
+            return
+        if len(waiting) >= self.max_waiting:
+            oldest = next(iter(waiting))  # dicts keep insertion order: the longest silent
+            sel.unregister(oldest)
+            del waiting[oldest]
+            self._drop(oldest)
+        sel.register(conn, selectors.EVENT_READ)
+        waiting[conn] = (addr, time.monotonic())
+
+    def _expire(
+        self, sel: selectors.BaseSelector, waiting: dict[socket.socket, tuple[Any, float]]
+    ) -> None:
+        cutoff = time.monotonic() - self.idle_timeout
+        for conn, (_, since) in list(waiting.items()):
+            if since > cutoff:
+                break  # in accept order: the rest are younger
+            sel.unregister(conn)
+            del waiting[conn]
+            self._drop(conn)
+
+    def _dispatch(self, conn: socket.socket, addr: Any) -> None:
+        if not self._workers.acquire(blocking=False):
+            self._drop(conn)
+            return
+        try:
+            threading.Thread(
+                target=self._work, args=(conn, addr), name="oomguard-metrics-req", daemon=True
+            ).start()
+        except RuntimeError:  # pragma: no cover - no thread could be started
+            self._workers.release()
+            self._drop(conn)
+
+    def _work(self, conn: socket.socket, addr: Any) -> None:
+        try:
+            conn.settimeout(self.idle_timeout)
+            self.finish_request(conn, addr)
+        except Exception:
+            pass  # a client that timed out or went away: nothing to say, nothing to fix
+        finally:
+            self.shutdown_request(conn)
+            self._workers.release()
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.refused += 1
+        with contextlib.suppress(OSError):
+            conn.close()
+
+    def shutdown(self) -> None:
+        """Ask serve_forever to return (within one poll interval); join its thread before
+        `server_close`. Requests in flight finish on their own, bounded by their timeout."""
+        self._stop.set()
 
 
 class _Server6(_Server):
@@ -364,10 +496,16 @@ class Metrics:
         *,
         mode: str | None = None,
         degraded: bool = False,
+        output_dropped: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
-        """Replace what scrapes see. `services` has state.json's "services" shape."""
+        """Replace what scrapes see. `services` has state.json's "services" shape;
+        `output_dropped` maps (source, stream) to lines dropped (see runtime/supervisor.py)."""
         published = publication(
-            snapshot, services, mode or self._collector.published.mode, degraded=degraded
+            snapshot,
+            services,
+            mode or self._collector.published.mode,
+            degraded=degraded,
+            output_dropped=output_dropped,
         )
         # The one shared write: an atomic reference swap (see module docstring).
         self._collector.published = published
@@ -376,9 +514,9 @@ class Metrics:
         server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()  # stops serve_forever and waits for it
-        server.server_close()
+        server.shutdown()  # serve_forever returns within one poll interval
         self._thread.join()
+        server.server_close()
 
 
 def start_metrics(

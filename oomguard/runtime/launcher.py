@@ -14,7 +14,19 @@ naming the config field. The forked child then runs a fixed, short list of raw s
 4. setsid() (its own process group, for group signals), stdio, close every other fd.
 5. setgroups, setgid, setuid, in that order: once the uid is dropped, changing groups is no
    longer allowed.
-6. chdir (as the service user, so permissions are checked as that user), execve.
+6. prctl(PR_SET_PDEATHSIG, death_signal), then getppid() against oomguard's pid (see below).
+7. chdir (as the service user, so permissions are checked as that user), execve.
+
+Services must not outlive oomguard: killed with SIGKILL (or by the OOM killer), it can stop
+nothing, and a service left running unsupervised would be started a second time by the next
+oomguard. PR_SET_PDEATHSIG makes the kernel send the service `death_signal` when oomguard dies.
+The kernel clears that setting when the process changes credentials (setuid/setgid) and when it
+execs a set-id or file-capability binary, so it is set *after* the user is dropped (a set-id
+service binary loses it; nothing can be done about that from here). It is armed only from the
+moment of the prctl: if oomguard died just before, the child has already been reparented, which
+getppid() shows, and it exits instead of starting a service nobody supervises. The signal is
+sent when the *thread* that forked exits: spawn() runs only on the main thread, which lives as
+long as oomguard does.
 
 No logging, locks or imports happen in the child: another thread of the parent may have held a
 lock at fork time, and only this thread exists in the child. Any failure is written as a fixed
@@ -28,6 +40,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import functools
 import grp
 import os
 import pwd
@@ -38,10 +51,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Literal, NoReturn, Protocol
+from typing import TYPE_CHECKING, Literal, NoReturn, Protocol, cast
 
 from oomguard.errors import LaunchError
 from oomguard.events.pidfd import close_pidfd, send_signal
+from oomguard.observe.sink import OutputSink
 from oomguard.runtime.reaper import wait_exited
 
 if TYPE_CHECKING:
@@ -89,6 +103,11 @@ class LaunchSpec:
     oom_score_adj: int | None = None
     log: LogMode = "inherit"
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    #: Sent to the service by the kernel if oomguard dies (PR_SET_PDEATHSIG); None: nothing.
+    #: The supervisor passes the service's stop_signal: the same graceful stop it would have
+    #: asked for itself (PostgreSQL's SIGINT is a clean fast shutdown, where a SIGKILL of the
+    #: postmaster leaves its backends running and forces crash recovery).
+    death_signal: int | None = None
 
     def child_env(self) -> dict[str, str]:
         return {**self.env, **self.extra_env}
@@ -119,6 +138,7 @@ class Stage(IntEnum):
     SETUID = 9
     CHDIR = 10
     EXEC = 11
+    PDEATHSIG = 12
 
 
 _STAGE_TEXT = {
@@ -133,6 +153,7 @@ _STAGE_TEXT = {
     Stage.SETUID: "set the user id",
     Stage.CHDIR: "enter its working directory",
     Stage.EXEC: "exec",
+    Stage.PDEATHSIG: "arrange to be stopped when oomguard dies (prctl PR_SET_PDEATHSIG)",
 }
 
 
@@ -377,6 +398,31 @@ class _Plan:
     setgroups: tuple[int, ...] | None
     setgid: int | None
     setuid: int | None
+    #: (prctl, signal, oomguard's pid), or None.
+    pdeathsig: tuple[_Prctl, int, int] | None
+
+
+class _Prctl(Protocol):
+    def __call__(self, option: int, arg2: int, arg3: int, arg4: int, arg5: int, /) -> int: ...
+
+
+#: <linux/prctl.h>
+_PR_SET_PDEATHSIG = 1
+
+
+@functools.cache
+def _libc_prctl() -> _Prctl | None:
+    """libc's prctl through ctypes, resolved in the parent: the child may not import or load
+    anything (another thread may have held the import lock at fork time)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # pragma: no cover - no libc with prctl
+        return None
+    fn.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
+    fn.restype = ctypes.c_int
+    return cast("_Prctl", fn)
 
 
 def _report(fd: int, stage: Stage, err: int, fatal: bool) -> None:
@@ -432,6 +478,14 @@ def _child_main(p: _Plan) -> NoReturn:  # pragma: no cover - runs in the forked 
         if p.setuid is not None:
             stage = Stage.SETUID
             os.setuid(p.setuid)
+        if p.pdeathsig is not None:
+            # After the credential change, which clears it (see the module docstring).
+            stage = Stage.PDEATHSIG
+            prctl, sig, parent = p.pdeathsig
+            if prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+                raise OSError(errno.EINVAL, "prctl")
+            if os.getppid() != parent:
+                os._exit(127)  # oomguard died before the prctl: start nothing
         if p.cwd is not None:
             stage = Stage.CHDIR
             os.chdir(p.cwd)
@@ -639,6 +693,14 @@ def spawn(
         if (creds.uid, creds.uid) != (os.getuid(), os.geteuid()):
             setuid = creds.uid
 
+    pdeathsig: tuple[_Prctl, int, int] | None = None
+    if spec.death_signal is not None:
+        prctl = _libc_prctl()
+        if prctl is None:  # pragma: no cover - no libc with prctl
+            warnings.append(f"{where}: no prctl(); it would outlive a killed oomguard")
+        else:
+            pdeathsig = (prctl, int(spec.death_signal), os.getpid())
+
     owned: list[int] = []  # fds to close in the parent whatever happens
     try:
         err_r, err_w = _pipe(owned)
@@ -670,6 +732,7 @@ def spawn(
             setgroups=setgroups,
             setgid=setgid,
             setuid=setuid,
+            pdeathsig=pdeathsig,
         )
 
         # Block every signal across fork: the child must not run a Python handler (or write
@@ -770,7 +833,7 @@ class _Registry(Protocol):
 class _Stream:
     name: str
     fd: int
-    dst: int
+    dst: OutputSink
     buf: bytearray = field(default_factory=bytearray)
 
 
@@ -786,9 +849,10 @@ class OutputPump:
 
     The pump owns the pipes it is given (`attach` takes them from the Child) and registers them
     in the loop with ``EPOLLIN`` under `PumpKey`; the supervisor calls `on_ready(key)` for those
-    keys. Writes to oomguard's own stdout are blocking: if whoever reads it stalls, so do the
-    services, exactly as without oomguard. A closed stdout (EPIPE) drops output and counts it
-    in `dropped_bytes`, but the pipes keep being drained so the services never block.
+    keys. Lines go out through one `OutputSink` per destination (pass `sinks` to share them,
+    e.g. stderr's with the log): never a blocking write. When whoever reads oomguard's output
+    stalls, lines beyond the sink's bound are dropped and counted (`OutputSink.dropped_by`,
+    per service), and the pipes keep being drained, so neither the loop nor the services block.
     """
 
     def __init__(
@@ -799,14 +863,31 @@ class OutputPump:
         stdout_fd: int = 1,
         stderr_fd: int = 2,
         max_line: int = 64 * 1024,
+        sinks: Mapping[int, OutputSink] | None = None,
     ) -> None:
         self._loop = loop
         self.width = width
-        self._stdout = stdout_fd
-        self._stderr = stderr_fd
         self._max_line = max_line
         self._streams: dict[int, _Stream] = {}
-        self.dropped_bytes = 0
+        self._sinks: dict[int, OutputSink] = dict(sinks or {})
+        #: The sinks this pump made (and closes); the caller closes the ones it passed in.
+        self._own: list[OutputSink] = []
+        for fd, name in ((stdout_fd, "stdout"), (stderr_fd, "stderr")):
+            if fd not in self._sinks:
+                sink = OutputSink(fd, name=name)
+                self._sinks[fd] = sink
+                self._own.append(sink)
+        self._stdout = self._sinks[stdout_fd]
+        self._stderr = self._sinks[stderr_fd]
+
+    @property
+    def sinks(self) -> list[OutputSink]:
+        """Where the lines go, one per distinct destination fd."""
+        return list({id(s): s for s in (self._stdout, self._stderr)}.values())
+
+    @property
+    def dropped_lines(self) -> int:
+        return sum(s.dropped_lines for s in self.sinks)
 
     @property
     def active(self) -> int:
@@ -860,40 +941,24 @@ class OutputPump:
     def _emit(self, stream: _Stream, final: bool) -> None:
         buf = stream.buf
         prefix = self._prefix(stream.name)
-        out = bytearray()
+        lines: list[bytes] = []
         start = 0
         while True:
             nl = buf.find(b"\n", start, start + self._max_line)
             if nl >= 0:
-                out += prefix + buf[start : nl + 1]
+                lines.append(prefix + buf[start : nl + 1])
                 start = nl + 1
             elif len(buf) - start >= self._max_line:
-                out += prefix + buf[start : start + self._max_line] + b"\n"
+                lines.append(prefix + buf[start : start + self._max_line] + b"\n")
                 start += self._max_line
             else:
                 break
         if final and start < len(buf):
-            out += prefix + buf[start:] + b"\n"
+            lines.append(prefix + buf[start:] + b"\n")
             start = len(buf)
         del buf[:start]
-        if out:
-            self._write_all(stream.dst, bytes(out))
-
-    def _write_all(self, fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                # Our stdout is non-blocking (someone set O_NONBLOCK on a shared pipe): wait.
-                p = select.poll()
-                p.register(fd, select.POLLOUT)
-                p.poll(1000)
-                continue
-            except OSError:
-                self.dropped_bytes += len(view)
-                return
-            view = view[n:]
+        if lines:
+            stream.dst.write_lines(lines, stream.name)
 
     def _finish(self, stream: _Stream) -> None:
         self._emit(stream, final=True)
@@ -901,9 +966,12 @@ class OutputPump:
         del self._streams[stream.fd]
         os.close(stream.fd)
 
-    def close(self) -> None:
-        """Drain whatever is buffered in the pipes right now, flush partial lines, close all."""
+    def close(self, flush_timeout: float = 1.0) -> None:
+        """Drain whatever is buffered in the pipes right now, flush partial lines, close all.
+        The sinks the pump made get up to `flush_timeout` seconds to drain."""
         for stream in list(self._streams.values()):
             self.on_ready(PumpKey(stream.fd))
             if stream.fd in self._streams:
                 self._finish(stream)
+        for sink in self._own:
+            sink.close(flush_timeout)

@@ -35,7 +35,12 @@ class MetricsExtension:
         # oomguard with metrics on at ~0.7 wake-ups/s (with the 5 s refresh) and bounds the
         # extra shutdown time to 2 s.
         self.metrics = start_metrics(self.listen, mode=sup.config.oomguard.mode, poll_interval=2.0)
-        sup.log.info("metrics", url=self.metrics.url)
+        if self.metrics.host in ("0.0.0.0", "::"):
+            # ":port" (or 0.0.0.0 / [::]) means every interface, as with other exporters; say
+            # so, since the figures (service names, memory) then reach whoever reaches the host.
+            sup.log.info("metrics", url=self.metrics.url, interfaces="all")
+        else:
+            sup.log.info("metrics", url=self.metrics.url)
 
     def deadline(self) -> float | None:
         return self.next_at
@@ -64,7 +69,12 @@ class MetricsExtension:
             if svc.get("role") == "primary":
                 svc["downtime_total"] = round(downtime, 3)
             del name
-        self.metrics.publish(snap, services, degraded=sup.degraded is not None)
+        self.metrics.publish(
+            snap,
+            services,
+            degraded=sup.degraded is not None,
+            output_dropped=sup.output_dropped(),
+        )
         self.next_at = sup.now + self.refresh
 
     @staticmethod

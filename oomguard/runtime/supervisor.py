@@ -19,6 +19,7 @@ only for what humans read (event log, state.json).
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import select
 import signal
@@ -31,8 +32,9 @@ from oomguard.cgroup.spec import SUPERVISOR_LEAF
 from oomguard.errors import CgroupError, LaunchError, OomguardError, Vanished
 from oomguard.events.inotify import InotifyWatcher, WatchEvent
 from oomguard.events.loop import Loop
-from oomguard.events.signals import SignalQueue
+from oomguard.events.signals import SignalQueue, disposition, signal_name
 from oomguard.observe.eventlog import EventLog
+from oomguard.observe.sink import SELF, OutputSink
 from oomguard.observe.state import make_state, write_state
 from oomguard.policy import ranking
 from oomguard.policy import restart as rp
@@ -41,7 +43,7 @@ from oomguard.runtime.reaper import Reaper, become_subreaper
 from oomguard.units import format_size
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
     from pathlib import Path
 
     from oomguard.cgroup.fs import CgroupFS
@@ -52,6 +54,10 @@ if TYPE_CHECKING:
 #: How long an `oom` rise read on its own stays the explanation for a kill read later: the
 #: kernel bumps both within one OOM, but inotify may deliver them a few loop turns apart.
 OOM_ATTRIBUTION_WINDOW = 2.0
+
+#: At most one `output_dropped` report per stream and source this often: a stalled reader can
+#: cost thousands of lines a second, and the report about them must not become a flood itself.
+DROP_REPORT_INTERVAL = 10.0
 
 #: Counters of memory.events(.local) that we log when they rise.
 _EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
@@ -142,6 +148,7 @@ class Supervisor:
         wall: Callable[[], float] = time.time,
         stdout_fd: int = 1,
         stderr_fd: int = 2,
+        sinks: Mapping[int, OutputSink] | None = None,
     ) -> None:
         self.config = config
         self.fs = fs
@@ -168,6 +175,15 @@ class Supervisor:
         self.reaper = Reaper(subreaper=False)
         self.events: EventLog | None = None
         self.pump: launcher.OutputPump | None = None
+        #: Non-blocking writers for oomguard's output fds, by fd (the caller's, e.g. the log's
+        #: stderr, plus any made here for the pump, which `_own_sinks` lists and closes).
+        self.sinks: dict[int, OutputSink] = dict(sinks or {})
+        self._own_sinks: list[OutputSink] = []
+        #: Sinks registered in the loop for EPOLLOUT, by the fd registered.
+        self._sink_fds: dict[int, OutputSink] = {}
+        #: Dropped-line totals already reported, and when the next report may go out.
+        self._drops_reported: dict[tuple[str, str], int] = {}
+        self._drops_next = 0.0
         #: Last seen memory.events.local counters per cgroup (root, slices, services).
         self.local: dict[CgroupPath, dict[str, int]] = {}
         #: When an `oom` rise (limit hit, no kill charged here) was last read, per cgroup.
@@ -280,11 +296,17 @@ class Supervisor:
         cfg = self.config
         width = max(len(n) for n in cfg.service)
         if any(s.log == "prefix" for s in cfg.service.values()):
+            for fd, name in ((self.stdout_fd, "stdout"), (self.stderr_fd, "stderr")):
+                if fd not in self.sinks:
+                    sink = OutputSink(fd, name=name)
+                    self.sinks[fd] = sink
+                    self._own_sinks.append(sink)
             self.pump = launcher.OutputPump(
                 _PumpRegistry(self.loop),
                 width,
                 stdout_fd=self.stdout_fd,
                 stderr_fd=self.stderr_fd,
+                sinks=self.sinks,
             )
         for name in cfg.start_order():
             scfg = cfg.service[name]
@@ -326,6 +348,7 @@ class Supervisor:
                 self.feed(self.services[name], rp.Start())
             while not self._finished():
                 self._flush_state()
+                self._watch_sinks()
                 timeout = self._timeout()
                 ready = self.loop.poll(timeout)
                 self.now = self.clock()
@@ -347,7 +370,11 @@ class Supervisor:
     def _timeout(self) -> float | None:
         deadlines = [rp.next_deadline(s.params, s.rec) for s in self.services.values()]
         deadlines += [ext.deadline() for ext in self.extensions]
-        due = [d for d in deadlines if d is not None]
+        if self._unreported_drops():
+            deadlines.append(self._drops_next)
+        # A NaN deadline is never due (every comparison is false), so it needs no wake-up; an
+        # enormous one (start_secs = 1e300) is fine here: the loop clamps the wait it is given.
+        due = [d for d in deadlines if d is not None and not math.isnan(d)]
         if not due:
             return None
         return max(0.0, min(due) - self.clock())
@@ -362,6 +389,8 @@ class Supervisor:
             self._on_inotify()
         elif kind == "pump" and self.pump is not None:
             self.pump.on_ready(value)
+        elif kind == "sink":
+            value.flush()
         elif kind == "ext":
             ext, inner = value
             ext.on_ready(inner, mask)
@@ -378,6 +407,7 @@ class Supervisor:
                 self.feed(svc, rp.Tick())
         for ext in self.extensions:
             ext.tick(self.now)
+        self._report_drops()
         if self.shutdown is not None:
             self._advance_shutdown()
         for ext in self.extensions:
@@ -409,6 +439,12 @@ class Supervisor:
             self._emit_policy(svc, action)
         elif isinstance(action, rp.Fatal):
             status = action.exit.status if action.exit is not None else 1
+            if action.exit is not None and not action.exit.failed:
+                # An essential service that finished with 0 and is not to be restarted
+                # (restart = "never" / "on-failure"): a normal end of the run, not an error.
+                self.log.info("essential_exited", service=svc.name, status=status)
+                self.begin_shutdown(f"{svc.name} exited", status=status)
+                return
             self.log.error("fatal", service=svc.name, status=status)
             self.begin_shutdown(f"{svc.name} is fatal", status=status, fatal=svc.name)
 
@@ -417,8 +453,12 @@ class Supervisor:
         fields.pop("service", None)
         # An exit we asked for (a stop: shutdown, eviction, controlled restart) is routine; an
         # unplanned one is worth a warning, and an error when it is the primary's.
+        # A clean exit (code 0) is no failure even when unplanned: with restart = "never" it is
+        # how a run ends normally.
         unplanned = action.kind == "fatal" or (
-            action.kind == "exit" and not action.fields.get("requested", False)
+            action.kind == "exit"
+            and not action.fields.get("requested", False)
+            and action.fields.get("failed", True) is not False
         )
         level = "warn" if unplanned or action.kind == "backoff" else "info"
         if svc.is_primary and unplanned:
@@ -455,6 +495,8 @@ class Supervisor:
             oom_score_adj=svc.oom_score_adj,
             log=scfg.log,
             extra_env=extra,
+            # If oomguard is killed, the kernel stops the service the way oomguard would have.
+            death_signal=int(scfg.stop_signal),
         )
         # Start from zero: an OOM of the previous incarnation must not be blamed on this one.
         svc.oom_pending = False
@@ -786,26 +828,92 @@ class Supervisor:
         assert self.built is not None
         return self.built.root
 
+    # -- oomguard's own output ----------------------------------------------------------------
+
+    def _watch_sinks(self) -> None:
+        """Wait for EPOLLOUT on exactly the sinks that hold unwritten lines (a sink written
+        from another thread, e.g. the log, is picked up on the next turn)."""
+        for sink in {id(s): s for s in self.sinks.values()}.values():
+            fd = sink.poll_fd()
+            if sink.pending and fd >= 0 and fd not in self._sink_fds:
+                self.loop.add(fd, select.EPOLLOUT, ("sink", sink))
+                self._sink_fds[fd] = sink
+        for fd, sink in list(self._sink_fds.items()):
+            if not sink.pending or sink.poll_fd() != fd:
+                self.loop.remove(fd)
+                del self._sink_fds[fd]
+
+    def output_dropped(self) -> dict[tuple[str, str], int]:
+        """Lines dropped because oomguard's stdout/stderr reader stalled, by (source, stream);
+        the source is a service name or "oomguard" (its own log lines)."""
+        out: dict[tuple[str, str], int] = {}
+        # Every series that can rise exists from the start, at 0 (a counter that appears only
+        # once something went wrong cannot be alerted on with increase()).
+        log_sink = self.sinks.get(self.stderr_fd)
+        if log_sink is not None and log_sink not in self._own_sinks:  # the caller's: the log's
+            out[(SELF, log_sink.name)] = 0
+        if self.pump is not None:
+            prefixed = [n for n, svc in self.services.items() if svc.cfg.log == "prefix"]
+            for sink in self.pump.sinks:
+                out.update(((name, sink.name), 0) for name in prefixed)
+        for sink in {id(s): s for s in self.sinks.values()}.values():
+            for source, n in list(sink.dropped_by.items()):
+                out[(source, sink.name)] = out.get((source, sink.name), 0) + n
+        return out
+
+    def _unreported_drops(self) -> bool:
+        return any(self._drops_reported.get(k, 0) != n for k, n in self.output_dropped().items())
+
+    def _report_drops(self, final: bool = False) -> None:
+        """One `output_dropped` event (and warning) per source and stream whose count rose,
+        at most every DROP_REPORT_INTERVAL seconds (and once more at the end)."""
+        if not final and self.now < self._drops_next:
+            return
+        rose = False
+        for (source, stream), total in sorted(self.output_dropped().items()):
+            lines = total - self._drops_reported.get((source, stream), 0)
+            if lines <= 0:
+                continue
+            rose = True
+            self._drops_reported[(source, stream)] = total
+            service = source if source in self.services else None
+            fields: dict[str, Any] = {"source": source, "stream": stream}
+            fields.update(lines=lines, total=total)
+            if source != SELF:
+                # Not for the log's own lost lines: the warning would go to the stalled stream
+                # it is about, be lost in turn, and call for another report ten seconds later.
+                self.log.warn("output_dropped", service=service, **fields)
+            self.emit("output_dropped", None, service=service, **fields)
+        if rose:
+            self._drops_next = self.now + DROP_REPORT_INTERVAL
+
     # -- signals and shutdown ---------------------------------------------------------------
 
     def _on_signals(self) -> None:
+        """Dispatch by `events.signals.disposition` (the table is in README.md)."""
         assert self.signals is not None
         for sig in self.signals.drain():
-            if sig == signal.SIGCHLD:
+            what = disposition(sig)
+            name = signal_name(sig)
+            if what == "reap":
                 self._on_exits()
-            elif sig == signal.SIGHUP:
+            elif what == "forward":
                 primary = self.services[self.primary]
-                self.log.info("forward", signal="SIGHUP", service=self.primary)
-                self._signal(primary, signal.SIGHUP)
-            elif sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+                sent = primary.child is not None and primary.child.send_signal(sig)
+                self.log.info("forward", signal=name, service=self.primary, sent=sent)
+            elif what == "stop":
                 if self.shutdown is not None and sig == signal.SIGINT:
                     # A second Ctrl-C: stop waiting for graceful stops.
                     for svc in self.services.values():
                         if svc.child is not None:
                             self._kill_cgroup(svc, "second_interrupt")
                     continue
-                self.log.info("signal_received", signal=sig.name)
-                self.begin_shutdown(f"received {sig.name}")
+                self.log.info("signal_received", signal=name)
+                self.begin_shutdown(f"received {name}")
+            else:
+                # Job control (^Z, a background tty access): a stopped supervisor would react
+                # to no OOM, so it keeps running. Its services are not stopped either.
+                self.log.info("signal_ignored", signal=name)
         # Pidfds cover tracked services; orphans (PID 1) only announce themselves by SIGCHLD.
 
     def begin_shutdown(
@@ -915,6 +1023,14 @@ class Supervisor:
                 ext.close()
         if self.pump is not None:
             self.pump.close()
+        for fd in list(self._sink_fds):
+            self.loop.remove(fd)
+        self._sink_fds.clear()
+        for sink in self._own_sinks:
+            sink.close()
+        with contextlib.suppress(Exception):
+            self.now = self.clock()
+            self._report_drops(final=True)
         if self.built is not None:
             try:
                 for msg in treemod.teardown(self.fs, self.built, keep_leaf=True):

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from oomguard.events.loop import EPOLLIN, EPOLLOUT, Loop
+from oomguard.events.loop import EPOLLIN, EPOLLOUT, MAX_WAIT, Loop, clamp_timeout
 
 
 def test_poll_reports_ready_fds_under_their_keys() -> None:
@@ -82,3 +82,27 @@ def test_close_is_idempotent_and_poll_after_close_fails() -> None:
 def test_loop_fd_is_not_inherited() -> None:
     with Loop[str]() as loop:
         assert not os.get_inheritable(loop.fileno())
+
+
+@pytest.mark.parametrize("timeout", [3600.0 * 1000, 1e10, 1e300, float("inf"), float("nan")])
+def test_an_absurd_timeout_is_clamped_not_an_overflow(timeout: float) -> None:
+    # epoll_wait takes an int of milliseconds: CPython raised OverflowError ("timeout is too
+    # large" / "timestamp out of range") for these, which crashed the supervisor (rc 70).
+    r, w = os.pipe()
+    try:
+        with Loop[str]() as loop:
+            loop.add(r, EPOLLIN, "r")
+            os.write(w, b"x")
+            assert loop.poll(timeout) == [("r", EPOLLIN)]
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_clamp_timeout() -> None:
+    assert clamp_timeout(None) == -1.0
+    assert clamp_timeout(-5.0) == 0.0
+    assert clamp_timeout(0.25) == 0.25
+    assert clamp_timeout(MAX_WAIT * 2) == MAX_WAIT
+    assert clamp_timeout(float("inf")) == MAX_WAIT
+    assert clamp_timeout(float("nan")) == MAX_WAIT

@@ -89,3 +89,54 @@ def test_close_is_idempotent() -> None:
     q.close()
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL
     assert q.signals == (signal.SIGUSR1,)
+
+
+def test_every_signal_has_an_owner() -> None:
+    # tini's rule: every catchable signal is handled or forwarded; only crash reports,
+    # CPython's own SIG_IGNs and the uncatchable two are left alone.
+    from oomguard.events.signals import LEFT_DEFAULT, disposition
+
+    for sig in signal.valid_signals():
+        assert (int(sig) in DEFAULT_SIGNALS) != (sig in LEFT_DEFAULT), sig
+    assert {disposition(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT)} == {"stop"}
+    assert disposition(signal.SIGCHLD) == "reap"
+    for sig in (signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU):
+        assert disposition(sig) == "ignore"
+    for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGWINCH):
+        assert disposition(sig) == "forward"
+    assert disposition(signal.SIGRTMIN + 3) == "forward"
+    for sig in (signal.SIGSEGV, signal.SIGABRT, signal.SIGPIPE, signal.SIGKILL):
+        assert disposition(sig) == "default"
+
+
+def test_signal_names() -> None:
+    from oomguard.events.signals import signal_name
+
+    assert signal_name(signal.SIGUSR1) == "SIGUSR1"
+    assert signal_name(signal.SIGRTMIN + 3) == "SIGRTMIN+3"
+
+
+def test_a_process_with_the_default_queue_survives_every_forwarded_signal() -> None:
+    # Before, SIGUSR1/SIGUSR2/SIGALRM killed a non-PID-1 oomguard by their default action (rc
+    # 138) and left its services running unsupervised. Run in a child: on failure it dies, not
+    # the test process.
+    import subprocess
+    import sys
+
+    code = (
+        "import os, signal\n"
+        "from oomguard.events.signals import SignalQueue\n"
+        "sigs = [signal.SIGUSR1, signal.SIGUSR2, signal.SIGALRM, signal.SIGWINCH, signal.SIGCONT,\n"
+        "        signal.SIGVTALRM, signal.SIGPROF, signal.SIGIO, signal.SIGPWR, signal.SIGXCPU,\n"
+        "        signal.SIGRTMIN + 3, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU]\n"
+        "with SignalQueue() as q:\n"
+        "    for s in sigs:\n"
+        "        os.kill(os.getpid(), s)\n"
+        "    got = q.drain()\n"
+        "print(sorted(int(s) for s in got) == sorted(int(s) for s in sigs))\n"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert res.returncode == 0, (res.returncode, res.stderr)
+    assert res.stdout.strip() == "True", res.stdout

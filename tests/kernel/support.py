@@ -222,7 +222,9 @@ class Oomguard:
         state_dir: Path,
         prefix: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        stdout: int | None = None,
     ) -> None:
+        """`stdout`: an fd for oomguard's stdout instead of the file (e.g. a pipe nobody reads)."""
         self.args = list(args)
         self.workdir = workdir
         self.mount = mount
@@ -235,7 +237,12 @@ class Oomguard:
         # Run from the repo so `-m oomguard` imports the working tree under test.
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=REPO, env=full_env
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out if stdout is None else stdout,
+                stderr=err,
+                cwd=REPO,
+                env=full_env,
             )
         self.started = time.monotonic()
         self.returncode: int | None = None
@@ -418,6 +425,7 @@ def start_run(
     extra_args: Iterable[str] = (),
     prefix: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    stdout: int | None = None,
 ) -> Oomguard:
     """`oomguard run CONFIG` with its tree at `<scratch>/og` and its state in `workdir/state`."""
     root = scratch / "og"
@@ -433,7 +441,14 @@ def start_run(
         *extra_args,
     ]
     return Oomguard(
-        args, workdir, mount=mount, root=root, state_dir=state_dir, prefix=prefix, env=env
+        args,
+        workdir,
+        mount=mount,
+        root=root,
+        state_dir=state_dir,
+        prefix=prefix,
+        env=env,
+        stdout=stdout,
     )
 
 

@@ -263,12 +263,19 @@ def test_the_real_snapshot_types_are_accepted(metrics: Metrics) -> None:
 
 
 def test_every_exported_name_is_documented(metrics: Metrics) -> None:
-    metrics.publish(TREE, SERVICES)
+    metrics.publish(TREE, SERVICES, output_dropped={("db", "stdout"): 1})
     exported = names(scrape(metrics))
     documented = set(re.findall(r"`(oomguard_[a-z0-9_]+)", DOC.read_text()))
     # Both ways: no undocumented metric, and no documented metric that does not exist.
     assert exported == documented, exported ^ documented
-    assert len(exported) == 15
+    assert len(exported) == 16
+
+
+def test_output_dropped_lines(metrics: Metrics) -> None:
+    metrics.publish(None, {}, output_dropped={("db", "stdout"): 7, ("oomguard", "stderr"): 2})
+    s = scrape(metrics)
+    assert get(s, "oomguard_output_dropped_lines_total", source="db", stream="stdout") == 7
+    assert get(s, "oomguard_output_dropped_lines_total", source="oomguard", stream="stderr") == 2
 
 
 def test_service_states_match_the_policy_state_enum() -> None:
@@ -374,3 +381,49 @@ def test_degraded_serves_the_service_series_and_says_so(metrics: Metrics) -> Non
     assert get(s, "oomguard_service_up", service="db") == 1
     assert get(s, "oomguard_service_state", service="backup", state="BACKOFF") == 1
     assert not [key for key in s if key[0].startswith("oomguard_memory_")]
+
+
+def test_idle_connections_cost_no_thread_and_a_scrape_still_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Before, every connection got a thread for as long as the client kept it open: 200 idle
+    # connections gave 202 threads.
+    from oomguard.observe import metrics as metrics_mod
+
+    monkeypatch.setattr(metrics_mod._Server, "idle_timeout", 1.0, raising=False)
+    m = start_metrics("127.0.0.1:0", poll_interval=FAST)
+    idle: list[socket.socket] = []
+    try:
+        before = threading.active_count()
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", m.port), timeout=10))
+        assert threading.active_count() <= before + getattr(metrics_mod, "MAX_WORKERS", 4)
+        # A normal scrape gets in among them (the oldest silent connections make room).
+        assert get(scrape(m), "oomguard_info", version=__version__, mode="enforce") == 1
+        assert threading.active_count() <= before + getattr(metrics_mod, "MAX_WORKERS", 4)
+        # Every idle connection is closed by the server: at once (beyond MAX_WAITING) or after
+        # the idle timeout. The client sees EOF.
+        for sock in idle:
+            sock.settimeout(10)
+            assert sock.recv(1) == b""
+        assert m._server is not None and m._server.refused >= 200
+    finally:
+        for sock in idle:
+            sock.close()
+        m.close()
+
+
+def test_a_stalled_request_is_cut_off_after_the_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A client that sends half a request and stops holds one worker, for a bounded time only.
+    from oomguard.observe import metrics as metrics_mod
+
+    monkeypatch.setattr(metrics_mod._Server, "idle_timeout", 0.5, raising=False)
+    monkeypatch.setattr(metrics_mod._QuietHandler, "timeout", 0.5)
+    m = start_metrics("127.0.0.1:0", poll_interval=FAST)
+    try:
+        with socket.create_connection(("127.0.0.1", m.port), timeout=10) as sock:
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # no blank line: never done
+            assert sock.recv(1) == b""  # closed by the server, no traceback printed
+        assert get(scrape(m), "oomguard_info", version=__version__, mode="enforce") == 1
+    finally:
+        m.close()

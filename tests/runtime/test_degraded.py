@@ -92,7 +92,12 @@ class _Published:
         self.calls: list[tuple[Any, dict[str, Any], bool]] = []
 
     def publish(
-        self, snapshot: Any, services: Mapping[str, Any], *, degraded: bool = False
+        self,
+        snapshot: Any,
+        services: Mapping[str, Any],
+        *,
+        degraded: bool = False,
+        output_dropped: Mapping[tuple[str, str], int] | None = None,
     ) -> None:
         self.calls.append((snapshot, dict(services), degraded))
 

@@ -588,6 +588,7 @@ def test_prefix_lines_padded_and_split_by_stream(spawned: Spawner) -> None:
         assert len(keys) == 2 and db.stdout_fd == -1 and db.stderr_fd == -1
         _pump_until_done(loop, pump)
         assert len(loop) == 0
+        pump.close()  # closes the sinks it opened on out_w/err_w, so the readers see EOF
     spawned.wait(db)
     os.close(out_w)
     os.close(err_w)
@@ -608,6 +609,7 @@ def test_prefix_splits_overlong_lines_and_grows_width(spawned: Spawner) -> None:
         pump.attach(child)
         assert pump.width == len("backup")
         _pump_until_done(loop, pump)
+        pump.close()
     spawned.wait(child)
     os.close(out_w)
     assert read_all(out_r).decode().splitlines() == [
@@ -629,5 +631,71 @@ def test_pump_close_flushes_and_survives_a_closed_stdout(spawned: Spawner) -> No
         spawned.wait(child)
         pump.close()
         assert pump.active == 0 and len(loop) == 0
-    assert pump.dropped_bytes == len(b"m | lost\n")
+    assert pump.dropped_lines == 1
+    assert [s.dropped_by for s in pump.sinks] == [{"m": 1}]
     os.close(out_w)
+
+
+# --- services do not outlive oomguard ---------------------------------------------------------
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except FileNotFoundError:
+        return True
+
+
+def test_a_service_gets_its_death_signal_when_its_launcher_is_killed(tmp_path: Path) -> None:
+    # "oomguard" is a child Python process that spawns the service and is then SIGKILLed: the
+    # kernel must send the service its death_signal (here its stop signal, SIGINT).
+    import subprocess
+    import sys
+
+    got = tmp_path / "got"
+    svc = f"trap 'echo INT > {got}; exit 0' INT; while :; do sleep 0.05; done"
+    code = (
+        "import os, signal, sys, time\n"
+        "from oomguard.runtime.launcher import LaunchSpec, spawn\n"
+        f"spec = LaunchSpec('db', ('/bin/sh', '-c', {svc!r}), {{'PATH': '/usr/bin:/bin'}},\n"
+        "                  death_signal=signal.SIGINT)\n"
+        "child = spawn(spec, None)\n"
+        "print(child.pid, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert launcher.stdout is not None
+        pid = int(launcher.stdout.readline())
+        time.sleep(0.3)  # let the shell install its trap
+        assert not _gone(pid)
+        launcher.kill()
+        launcher.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while not (_gone(pid) and got.exists()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got.read_text().strip() == "INT"
+        assert _gone(pid)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        launcher.stdout.close()  # type: ignore[union-attr]
+
+
+def test_a_child_whose_launcher_died_before_the_prctl_starts_nothing(
+    spawned: Spawner, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The race: oomguard dies between fork and prctl, so the child was reparented already and
+    # the death signal will never come. The child sees getppid() != oomguard and exits 127
+    # instead of exec'ing. Simulated by handing the child a parent pid that is not its parent.
+    from oomguard.runtime import launcher as launcher_mod
+
+    real = os.getpid()
+    monkeypatch.setattr(launcher_mod.os, "getpid", lambda: real + 1_000_000)
+    marker = tmp_path / "started"
+    child = spawned("/bin/sh", "-c", f"touch {marker}", death_signal=signal.SIGTERM)
+    monkeypatch.undo()
+    assert spawned.wait(child).code == 127
+    assert not marker.exists()
