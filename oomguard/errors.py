@@ -113,6 +113,18 @@ class CgroupError(OomguardError):
     """A cgroupfs operation failed in a way the caller did not expect."""
 
 
+class ForeignCgroup(CgroupError):
+    """A cgroup oomguard was pointed at but cannot prove it made: it refuses to touch it."""
+
+    exit_code = ExitCode.CANNOT_RUN
+
+
+class StateDirError(OomguardError):
+    """The state directory (or a file in it) is unsafe or unusable: oomguard will not start."""
+
+    exit_code = ExitCode.CANNOT_RUN
+
+
 class Vanished(CgroupError):
     """The cgroup (or process) is gone. Callers treat this as an expected outcome, not a crash:
     a slice can be removed from outside, and a process can exit between two reads."""

@@ -216,6 +216,38 @@ class CgroupFS:
     def exists(self, p: CgroupPath) -> bool:
         return os.path.isdir(self.dir(p))
 
+    def identity(self, p: CgroupPath) -> tuple[int, int]:
+        """(inode number, owner uid) of the directory of `p`. On cgroupfs the inode number is
+        the cgroup id, which the kernel never reuses while it runs: a cgroup removed and made
+        again under the same name has another one."""
+        try:
+            st = self._sys_lstat(str(self.dir(p)))
+        except OSError as err:
+            raise self._map(err, p, None, "stat") from err
+        return st.st_ino, st.st_uid
+
+    def get_xattr(self, p: CgroupPath, name: str) -> bytes | None:
+        """Extended attribute `name` of the directory of `p`; None if it is not set, not
+        supported by this filesystem, or not readable by us (trusted.* needs CAP_SYS_ADMIN)."""
+        try:
+            return self._sys_getxattr(str(self.dir(p)), name)
+        except OSError as err:
+            if err.errno in (errno.ENODATA, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
+                return None
+            raise self._map(err, p, None, f"getxattr {name}") from err
+
+    def set_xattr(self, p: CgroupPath, name: str, value: bytes) -> bool:
+        """Set extended attribute `name` on the directory of `p`. False if this filesystem or
+        our privileges do not allow it (kernfs has trusted.* for CAP_SYS_ADMIN only, and user.*
+        on cgroup2 since 5.7); other errors raise."""
+        try:
+            self._sys_setxattr(str(self.dir(p)), name, value)
+        except OSError as err:
+            if err.errno in (errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENOSPC):
+                return False
+            raise self._map(err, p, None, f"setxattr {name}") from err
+        return True
+
     def has_file(self, p: CgroupPath, name: str) -> bool:
         """True if interface file `name` exists; raises Vanished if the cgroup itself is gone."""
         if os.path.exists(self._file(p, name)):
@@ -344,13 +376,16 @@ class CgroupFS:
                     raise
         return pids
 
-    def mkdir(self, p: CgroupPath) -> None:
-        """Create cgroup `p` (its parent must exist). Existing is fine."""
+    def mkdir(self, p: CgroupPath) -> bool:
+        """Create cgroup `p` (its parent must exist). Existing is fine. True if this call made
+        it: mkdir(2) is the one atomic "it did not exist" test, so ownership starts here."""
         if p.is_root:
-            return
+            return False
         path = str(self.dir(p))
+        created = False
         try:
             self._sys_mkdir(path)
+            created = True
         except FileExistsError:
             pass
         except OSError as err:
@@ -367,6 +402,7 @@ class CgroupFS:
                 f"mount?)",
                 "point oomguard at the cgroup2 mount (see `oomguard check`)",
             )
+        return created
 
     def rmdir(self, p: CgroupPath) -> None:
         """Remove the (childless) cgroup `p`. Already gone is fine. EBUSY is retried with a
@@ -544,6 +580,15 @@ class CgroupFS:
 
     def _sys_rmdir(self, path: str) -> None:
         os.rmdir(path)
+
+    def _sys_lstat(self, path: str) -> os.stat_result:
+        return os.lstat(path)
+
+    def _sys_getxattr(self, path: str, name: str) -> bytes:
+        return os.getxattr(path, name, follow_symlinks=False)
+
+    def _sys_setxattr(self, path: str, name: str, value: bytes) -> None:
+        os.setxattr(path, name, value, follow_symlinks=False)
 
     def _sys_listdirs(self, path: str) -> list[str]:
         with os.scandir(path) as it:

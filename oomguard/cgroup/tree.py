@@ -12,20 +12,44 @@ what the kernel's rules dictate:
    controller shows up in a child's cgroup.controllers (and its memory.* files appear) only once
    the parent enables it in cgroup.subtree_control.
 5. When adopting a tree left by an earlier run: kill the orphaned processes in its slices, and
-   remove slice cgroups that are no longer in the spec (bottom-up).
+   remove slice cgroups that are no longer in the spec (bottom-up). Only a tree oomguard can
+   prove it made is adopted (see "Ownership" below); anything else is refused untouched.
 6. Create the slices parents first, and write every limit (the full desired state, so a stale
    limit from an earlier config cannot survive).
+
+Ownership
+---------
+An existing cgroup is not ours because it exists: pointed at "/system.slice", treating it as an
+old tree would SIGKILL every service on the host. oomguard adopts a root only when it proves it
+made it, by one of:
+
+- the xattr ``trusted.oomguard.tree``, written right after oomguard's own mkdir made the root.
+  Only CAP_SYS_ADMIN (in the initial user namespace) can set or read trusted.* xattrs, so no
+  unprivileged user can forge it; kernfs (cgroupfs) supports trusted.* on every kernel we run on;
+- else ``user.oomguard.tree`` (cgroup2 supports user.* xattrs since 5.7), for an oomguard
+  without CAP_SYS_ADMIN (a delegated cgroup, a user namespace). Anyone who can write the
+  directory can set it, so it counts only on a directory owned by our own euid: whoever could
+  forge it could already do everything oomguard would do there;
+- else a `TreeLedger` record (the state directory's ``tree.json``) of the root's path and its
+  cgroup id (the directory's inode number, never reused while the kernel runs).
+
+A cgroup with none of these is refused (`ForeignCgroup`, exit 2), naming the processes inside,
+unless it is completely empty: no process and no child cgroup. Such a cgroup is claimed (marked)
+rather than refused: it is what an administrator makes and delegates for oomguard, adopting it
+kills nothing and removes nothing, and teardown then removes only the slices oomguard creates
+below it.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from oomguard.cgroup.path import CgroupPath, CgroupPathError
 from oomguard.cgroup.spec import SUPERVISOR_LEAF, Limits, SliceSpec, TreeSpec
-from oomguard.errors import CgroupError, Vanished
+from oomguard.errors import CgroupError, ForeignCgroup, Vanished
 
 if TYPE_CHECKING:
     from oomguard.cgroup.fs import CgroupFS
@@ -43,6 +67,25 @@ _NOT_EMPTY_HINT = (
 )
 
 
+#: The ownership marker xattrs, strongest first (see "Ownership" in the module doc).
+MARK_TRUSTED = "trusted.oomguard.tree"
+MARK_USER = "user.oomguard.tree"
+#: A marker's value starts with this; the rest is a random tree id (for humans and logs).
+MARK_PREFIX = b"oomguard-tree v1 id="
+#: How many processes a refusal lists before "... (N in all)".
+_LIST_MAX = 20
+
+
+class TreeLedger(Protocol):
+    """The fallback ownership record, kept where xattrs cannot be set (the state directory)."""
+
+    def recorded(self, root: CgroupPath) -> int | None:
+        """The cgroup id recorded for `root`, or None."""
+
+    def record(self, root: CgroupPath, cgroup_id: int) -> None:
+        """Remember that oomguard made `root`, whose cgroup id is `cgroup_id`."""
+
+
 @dataclass(frozen=True)
 class BuiltTree:
     """What build() made. `paths` maps each slice/service name to its cgroup; the supervisor's
@@ -53,6 +96,9 @@ class BuiltTree:
     paths: dict[str, CgroupPath]
     warnings: tuple[str, ...] = ()
     adopted: bool = False
+    #: How the root was proven ours: "created", "claimed-empty", "xattr-trusted", "xattr-user",
+    #: "ledger".
+    ownership: str = "created"
     #: Slices that hold processes (kind "service"), by name; the rest are budgets only.
     services: frozenset[str] = field(default_factory=frozenset)
 
@@ -166,8 +212,12 @@ def build(
     self_cgroup: CgroupPath,
     *,
     kill_wait: float = KILL_WAIT,
+    ledger: TreeLedger | None = None,
 ) -> BuiltTree:
-    """Create (or adopt) the tree for `spec` and return where everything is. See module doc."""
+    """Create (or adopt) the tree for `spec` and return where everything is. See module doc.
+
+    Raises `ForeignCgroup` (before touching anything) if the root exists and is not provably
+    oomguard's."""
     _validate(spec)
     root = resolve_root(spec, self_cgroup)
     parent = root.parent
@@ -183,9 +233,20 @@ def build(
         )
     leaf = root.child(SUPERVISOR_LEAF)
     warnings: list[str] = []
-    adopted = fs.exists(root)
+    created = fs.mkdir(root)
+    ownership = "created"
+    if not created:
+        proof = ownership_proof(fs, root, ledger)
+        if proof is not None:
+            ownership = proof
+        elif _is_empty(fs, root):
+            ownership = "claimed-empty"
+        else:
+            raise _foreign(fs, root)
+    if ownership in ("created", "claimed-empty"):
+        mark_tree(fs, root, ledger, warnings)
+    adopted = ownership not in ("created", "claimed-empty")
 
-    fs.mkdir(root)
     fs.mkdir(leaf)
     if adopted:
         _guard_leaf(fs, leaf, move_pid)
@@ -270,7 +331,78 @@ def build(
         paths=paths,
         warnings=tuple(warnings),
         adopted=adopted,
+        ownership=ownership,
         services=frozenset(s.name for s in spec.slices if s.kind == "service"),
+    )
+
+
+def ownership_proof(fs: CgroupFS, root: CgroupPath, ledger: TreeLedger | None) -> str | None:
+    """How `root` is proven oomguard's (see "Ownership" in the module doc), or None."""
+    trusted = fs.get_xattr(root, MARK_TRUSTED)
+    if trusted is not None and trusted.startswith(MARK_PREFIX):
+        return "xattr-trusted"
+    ino, uid = fs.identity(root)
+    user = fs.get_xattr(root, MARK_USER)
+    if user is not None and user.startswith(MARK_PREFIX) and uid == os.geteuid():
+        return "xattr-user"
+    if ledger is not None and ledger.recorded(root) == ino:
+        return "ledger"
+    return None
+
+
+def mark_tree(
+    fs: CgroupFS, root: CgroupPath, ledger: TreeLedger | None, warnings: list[str]
+) -> None:
+    """Mark `root` as made by oomguard: the trusted xattr, else the user one; always the ledger
+    too when there is one (it costs a small file and survives a filesystem without xattrs)."""
+    value = MARK_PREFIX + secrets.token_hex(8).encode()
+    marked = fs.set_xattr(root, MARK_TRUSTED, value) or fs.set_xattr(root, MARK_USER, value)
+    if ledger is not None:
+        ledger.record(root, fs.identity(root)[0])
+    elif not marked:
+        warnings.append(
+            f"cannot mark {root} as oomguard's (no trusted.* or user.* xattr support here): "
+            "a later run will refuse to adopt it unless it is empty"
+        )
+
+
+def _is_empty(fs: CgroupFS, p: CgroupPath) -> bool:
+    return not fs.children(p) and not fs.procs(p)
+
+
+def _comm(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().decode("utf-8", "replace").strip() or "?"
+    except OSError:
+        return "?"
+
+
+def _foreign(fs: CgroupFS, root: CgroupPath) -> ForeignCgroup:
+    """The refusal for an existing cgroup oomguard cannot prove it made."""
+    members: list[tuple[int, CgroupPath]] = []
+    try:
+        for cg in fs.walk(root):
+            try:
+                members.extend((pid, cg) for pid in fs.procs(cg))
+            except Vanished:
+                continue
+    except Vanished:
+        pass
+    listed = ", ".join(f"{pid} ({_comm(pid)}) in {cg}" for pid, cg in sorted(members)[:_LIST_MAX])
+    if len(members) > _LIST_MAX:
+        listed += f", ... ({len(members)} in all)"
+    try:
+        kids = len(fs.children(root))
+    except Vanished:
+        kids = 0
+    inside = f"processes: {listed}" if members else f"no processes but {kids} child cgroup(s)"
+    return ForeignCgroup(
+        f"cgroup {root} already exists and oomguard did not create it (no oomguard marker); "
+        f"it holds {inside}. oomguard would kill and remove everything in it, so it refuses",
+        "set [oomguard] cgroup (or --cgroup) to a cgroup that does not exist yet or is empty; "
+        "if it is a tree left by an oomguard version without markers, stop what runs in it "
+        f"and remove it (rmdir its cgroups under {fs.dir(root)}, deepest first)",
     )
 
 
@@ -311,9 +443,20 @@ def teardown(
     keep_leaf=True keeps the root and the supervisor leaf (oomguard itself is still inside);
     keep_leaf=False removes those too (the caller has emptied the leaf). A tree that is already
     (partly) gone is fine. Every cgroup is attempted; the first failure is raised at the end.
+    A bare root path is torn down only if it carries oomguard's marker (`ForeignCgroup` else),
+    and a claimed root (see "Ownership") is emptied but never removed.
     Returns messages about the processes that had to be killed.
     """
-    root = built_or_root.root if isinstance(built_or_root, BuiltTree) else built_or_root
+    if isinstance(built_or_root, BuiltTree):
+        root, claimed = built_or_root.root, built_or_root.ownership == "claimed-empty"
+    else:
+        root, claimed = built_or_root, False
+        # A bare path proves nothing: tear down only a tree that carries oomguard's marker.
+        try:
+            if ownership_proof(fs, root, None) is None:
+                raise _foreign(fs, root)
+        except Vanished:
+            return []
     leaf = root.child(SUPERVISOR_LEAF)
     messages: list[str] = []
     try:
@@ -343,7 +486,8 @@ def teardown(
             _remove_subtree(fs, top)
         except CgroupError as err:
             errors.append(err)
-    if not keep_leaf and not errors:
+    # A claimed root was made by someone else (empty, for oomguard): leave it as found.
+    if not keep_leaf and not errors and not claimed:
         try:
             fs.rmdir(root)
         except CgroupError as err:

@@ -69,8 +69,15 @@ class FakeCgroupFS(CgroupFS):
         cgroup_kill: bool = True,
         real_root: bool = True,
         linger: int = 0,
+        xattr_trusted: bool = True,
+        xattr_user: bool = True,
     ) -> None:
         self.now = 0.0
+        #: Extended attributes per directory path. trusted.* needs CAP_SYS_ADMIN (EPERM
+        #: without it, and reads as absent); user.* on cgroup2 needs 5.7 (EOPNOTSUPP before).
+        self.xattrs: dict[str, dict[str, bytes]] = {}
+        self.xattr_trusted = xattr_trusted
+        self.xattr_user = xattr_user
         self.sleeps: list[float] = []
         self.ops: list[tuple[str, ...]] = []
         self.signals: list[tuple[int, int]] = []
@@ -338,7 +345,30 @@ class FakeCgroupFS(CgroupFS):
         if any(e.is_dir() for e in os.scandir(path)) or self._get_procs(cg):
             raise _oserror(errno.EBUSY, path)
         self.ops.append(("rmdir", str(cg)))
+        self.xattrs.pop(os.path.normpath(path), None)
         shutil.rmtree(path)
+
+    def _xattr_allowed(self, name: str, path: str) -> None:
+        if name.startswith("trusted.") and not self.xattr_trusted:
+            raise _oserror(errno.EPERM, path)
+        if name.startswith("user.") and not self.xattr_user:
+            raise _oserror(errno.EOPNOTSUPP, path)
+
+    def _sys_getxattr(self, path: str, name: str) -> bytes:
+        self._xattr_allowed(name, path)
+        if not os.path.isdir(path):
+            raise _oserror(errno.ENOENT, path)
+        value = self.xattrs.get(os.path.normpath(path), {}).get(name)
+        if value is None:
+            raise _oserror(errno.ENODATA, path)
+        return value
+
+    def _sys_setxattr(self, path: str, name: str, value: bytes) -> None:
+        self._xattr_allowed(name, path)
+        if not os.path.isdir(path):
+            raise _oserror(errno.ENOENT, path)
+        self.ops.append(("setxattr", str(self._cg(path)), name))
+        self.xattrs.setdefault(os.path.normpath(path), {})[name] = value
 
     def _sys_listdirs(self, path: str) -> list[str]:
         self._check_fault("list", self._cg(path), None, path)

@@ -1,14 +1,23 @@
 from __future__ import annotations
 
 import errno
+import os
 from typing import TYPE_CHECKING
 
 import pytest
 
 from oomguard.cgroup.path import CgroupPath
 from oomguard.cgroup.spec import Limits, SliceSpec, TreeSpec
-from oomguard.cgroup.tree import BuiltTree, build, resolve_root, teardown
-from oomguard.errors import CgroupError
+from oomguard.cgroup.tree import (
+    MARK_PREFIX,
+    MARK_TRUSTED,
+    MARK_USER,
+    BuiltTree,
+    build,
+    resolve_root,
+    teardown,
+)
+from oomguard.errors import CgroupError, ForeignCgroup
 from tests.cgroup.fakefs import FakeCgroupFS
 
 if TYPE_CHECKING:
@@ -423,3 +432,135 @@ def test_teardown_with_nonempty_leaf_fails_loudly(fake: FakeCgroupFS) -> None:
     with pytest.raises(CgroupError, match=str(SUPERVISOR_PID)):
         teardown(fake, built, keep_leaf=False)
     assert fake.procs(built.leaf) == [SUPERVISOR_PID]  # teardown never kills the leaf
+
+
+# ------------------------------------------------------------------------------- ownership
+
+
+def _foreign_tree(fake: FakeCgroupFS) -> None:
+    """/system.slice with two services, made by someone else (no oomguard marker)."""
+    for p in ("/system.slice", "/system.slice/postgresql.service", "/system.slice/sshd.service"):
+        fake.mkdir(P(p))
+    fake.add_proc("/system.slice/postgresql.service", 300)
+    fake.add_proc("/system.slice/sshd.service", 301)
+
+
+def test_foreign_cgroup_is_refused_untouched(fake: FakeCgroupFS) -> None:
+    _foreign_tree(fake)
+    before = (fake.tree(), fake.all_pids())
+    fake.ops.clear()
+    with pytest.raises(ForeignCgroup) as info:
+        build(fake, spec("/system.slice"), SUPERVISOR_PID, ROOT)
+    err = info.value
+    assert err.exit_code == 2
+    assert "/system.slice" in err.message
+    assert "300" in err.message and "301" in err.message
+    assert "/system.slice/sshd.service" in err.message
+    assert err.hint is not None and "[oomguard] cgroup" in err.hint
+    assert fake.signals == []
+    assert fake.ops == []  # not a write, mkdir, rmdir or xattr
+    assert (fake.tree(), fake.all_pids()) == before
+
+
+def test_foreign_cgroup_with_children_but_no_processes_is_refused(fake: FakeCgroupFS) -> None:
+    fake.mkdir(P("/theirs"))
+    fake.mkdir(P("/theirs/config"))
+    with pytest.raises(ForeignCgroup, match="child cgroup"):
+        build(fake, spec("/theirs"), SUPERVISOR_PID, ROOT)
+    assert fake.tree() == ["/theirs", "/theirs/config"]
+
+
+def test_foreign_teardown_by_path_is_refused(fake: FakeCgroupFS) -> None:
+    _foreign_tree(fake)
+    with pytest.raises(ForeignCgroup):
+        teardown(fake, P("/system.slice"), keep_leaf=False)
+    assert fake.signals == []
+    assert fake.all_pids() >= {300, 301}
+
+
+def test_empty_unmarked_cgroup_is_claimed_and_marked(fake: FakeCgroupFS) -> None:
+    fake.mkdir(P("/delegated"))
+    built = build(fake, spec("/delegated"), SUPERVISOR_PID, ROOT)
+    assert built.ownership == "claimed-empty"
+    assert built.adopted is False
+    assert fake.get_xattr(P("/delegated"), MARK_TRUSTED) is not None
+    # A claimed root is emptied at teardown but left where it was found.
+    fake.add_proc(ROOT, SUPERVISOR_PID)
+    teardown(fake, built, keep_leaf=False)
+    assert fake.tree() == ["/delegated"]
+
+
+def test_created_root_is_marked_with_trusted_xattr(fake: FakeCgroupFS) -> None:
+    built = build(fake, spec(), SUPERVISOR_PID, ROOT)
+    assert built.ownership == "created"
+    value = fake.get_xattr(built.root, MARK_TRUSTED)
+    assert value is not None and value.startswith(MARK_PREFIX)
+    assert fake.get_xattr(built.root, MARK_USER) is None
+    again = build(fake, spec(), SUPERVISOR_PID, ROOT)
+    assert again.adopted is True and again.ownership == "xattr-trusted"
+
+
+def test_user_xattr_when_trusted_is_not_allowed(tmp_path: Path) -> None:
+    fs = FakeCgroupFS(tmp_path / "cg", xattr_trusted=False)
+    fs.add_proc(ROOT, SUPERVISOR_PID)
+    built = build(fs, spec(), SUPERVISOR_PID, ROOT)
+    assert fs.get_xattr(built.root, MARK_USER) is not None
+    assert build(fs, spec(), SUPERVISOR_PID, ROOT).ownership == "xattr-user"
+
+
+def test_user_xattr_counts_only_on_a_directory_we_own(
+    fake: FakeCgroupFS, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _foreign_tree(fake)
+    # Forged by the directory's owner, who is not us.
+    fake.set_xattr(P("/system.slice"), MARK_USER, MARK_PREFIX + b"forged")
+    monkeypatch.setattr(os, "geteuid", lambda: os.getuid() + 1)
+    with pytest.raises(ForeignCgroup):
+        build(fake, spec("/system.slice"), SUPERVISOR_PID, ROOT)
+    assert fake.signals == []
+
+
+class _Ledger:
+    def __init__(self) -> None:
+        self.ids: dict[CgroupPath, int] = {}
+
+    def recorded(self, root: CgroupPath) -> int | None:
+        return self.ids.get(root)
+
+    def record(self, root: CgroupPath, cgroup_id: int) -> None:
+        self.ids[root] = cgroup_id
+
+
+def test_ledger_fallback_without_xattrs(tmp_path: Path) -> None:
+    fs = FakeCgroupFS(tmp_path / "cg", xattr_trusted=False, xattr_user=False)
+    fs.add_proc(ROOT, SUPERVISOR_PID)
+    ledger = _Ledger()
+    built = build(fs, spec(), SUPERVISOR_PID, ROOT, ledger=ledger)
+    assert ledger.ids == {built.root: fs.identity(built.root)[0]}
+    fs.add_proc(built.paths["db"], 400)
+    again = build(fs, spec(), SUPERVISOR_PID, ROOT, ledger=ledger)
+    assert again.ownership == "ledger"
+    assert (400, 9) in fs.signals
+    # Without the record (another state dir) the same tree is not provably ours.
+    fs.add_proc(built.paths["db"], 401)
+    with pytest.raises(ForeignCgroup):
+        build(fs, spec(), SUPERVISOR_PID, ROOT, ledger=_Ledger())
+
+
+def test_ledger_record_of_a_removed_and_recreated_cgroup_does_not_count(tmp_path: Path) -> None:
+    fs = FakeCgroupFS(tmp_path / "cg", xattr_trusted=False, xattr_user=False)
+    fs.add_proc(ROOT, SUPERVISOR_PID)
+    ledger = _Ledger()
+    build(fs, spec(), SUPERVISOR_PID, ROOT, ledger=ledger)
+    ledger.ids[P("/oomguard")] = -5  # a stale id: the cgroup was made again by someone else
+    fs.add_proc("/oomguard/db", 402)
+    with pytest.raises(ForeignCgroup):
+        build(fs, spec(), SUPERVISOR_PID, ROOT, ledger=ledger)
+    assert fs.all_pids() >= {402}
+
+
+def test_no_marker_possible_is_a_warning(tmp_path: Path) -> None:
+    fs = FakeCgroupFS(tmp_path / "cg", xattr_trusted=False, xattr_user=False)
+    fs.add_proc(ROOT, SUPERVISOR_PID)
+    built = build(fs, spec(), SUPERVISOR_PID, ROOT)
+    assert any("cannot mark" in w for w in built.warnings)
