@@ -22,7 +22,9 @@ on disk, which matters on /run, a tmpfs that is RAM.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from oomguard.errors import OomguardError
 from oomguard.observe.log import check_name, json_value
-from oomguard.observe.state import ensure_state_dir
+from oomguard.observe.statedir import StateDir, state_dir_hint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -65,6 +67,9 @@ BYTE_KEYS = frozenset(
 #: Detail keys that hold seconds (printed as 0.4s). Keys ending in ``_s`` or ``_seconds`` count too.
 SECONDS_KEYS = frozenset({"delay", "uptime", "downtime", "timeout", "duration", "elapsed"})
 _RESERVED = frozenset({"ts", "kind", "slice", "service"})
+#: The ``ts`` range a reader accepts: 1970 to the end of year 9999 (what datetime can show).
+#: Anything else (negative, 1e300, Infinity) is not an event oomguard wrote, and is skipped.
+TS_MAX = 253402300799.0
 
 
 def events_path(state_dir: Path) -> Path:
@@ -90,28 +95,40 @@ class EventLog:
 
     def __init__(
         self,
-        state_dir: Path,
+        state_dir: Path | StateDir,
         *,
         max_bytes: int = DEFAULT_MAX_BYTES,
         clock_wall: Callable[[], float] = time.time,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be > 0, not {max_bytes}")
-        self.state_dir = ensure_state_dir(Path(state_dir))
+        # A StateDir passed in belongs to the caller; one opened here belongs to this log.
+        self._owns_dir = not isinstance(state_dir, StateDir)
+        self.dir = state_dir if isinstance(state_dir, StateDir) else StateDir.open(state_dir)
+        self.state_dir = self.dir.path
         self.path = self.state_dir / EVENTS_FILE
         self.rotated_path = self.state_dir / ROTATED_FILE
         self.max_bytes = max_bytes
         self.clock_wall = clock_wall
+        #: Lines lost to failed writes (ENOSPC, EIO...), and the last error's text.
         self.dropped = 0
+        self.last_error: str | None = None
         self._fd = -1
         self._ino = -1
         self._needs_newline = False
         try:
             self._open()
         except OSError as err:
+            if self._owns_dir:
+                self.dir.close()
             raise OomguardError(
-                f"cannot open event log {self.path}: {err.strerror or err}",
-                hint="set [oomguard] state_dir to a writable directory, e.g. /tmp/oomguard",
+                f"cannot open event log {self.path}: {err.strerror or err}"
+                + (
+                    " (a symlink or not a regular file; oomguard never writes through one)"
+                    if err.errno in (errno.ELOOP, errno.EINVAL)
+                    else ""
+                ),
+                hint=state_dir_hint(),
             ) from err
 
     # -- public -------------------------------------------------------------------------------
@@ -146,8 +163,9 @@ class EventLog:
         line = (json.dumps(obj, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         try:
             self._write_line(line)
-        except OSError:
+        except OSError as err:
             self.dropped += 1
+            self.last_error = err.strerror or str(err)
             return False
         return True
 
@@ -155,6 +173,8 @@ class EventLog:
         fd, self._fd = self._fd, -1
         if fd >= 0:
             os.close(fd)
+        if self._owns_dir:
+            self.dir.close()
 
     def __enter__(self) -> EventLog:
         return self
@@ -171,7 +191,9 @@ class EventLog:
 
     def _open(self) -> None:
         # O_RDWR, not O_WRONLY: _open reads the last byte back to detect a torn tail.
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        # Relative to the checked directory's fd, O_NOFOLLOW, a regular file only: root never
+        # appends to whatever a planted symlink names.
+        fd = self.dir.open_file(EVENTS_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             st = os.fstat(fd)
             # A crash mid-write (or a kill -9 between two short writes) can leave the last line
@@ -185,12 +207,12 @@ class EventLog:
     def _reopen_if_replaced(self) -> None:
         """Follow an outside rotation or deletion (logrotate, an operator's rm): O_APPEND writes
         to an unlinked file would vanish silently."""
-        try:
-            ino = os.stat(self.path).st_ino
-        except FileNotFoundError:
-            ino = -1
+        st = self.dir.lstat(EVENTS_FILE)
+        ino = -1 if st is None else st.st_ino
         if ino != self._ino or self._fd < 0:
-            self.close()
+            fd, self._fd = self._fd, -1
+            if fd >= 0:
+                os.close(fd)
             self._open()
 
     def _write_line(self, line: bytes) -> None:
@@ -217,8 +239,9 @@ class EventLog:
     def _rotate(self) -> None:
         # rename() is atomic: a reader holding the old fd keeps reading the old inode (now .1)
         # to its end, then reopens events.jsonl; `EventFollower` relies on exactly this.
-        os.replace(self.path, self.rotated_path)
-        self.close()
+        self.dir.rename(EVENTS_FILE, ROTATED_FILE)
+        fd, self._fd = self._fd, -1
+        os.close(fd)
         self._open()
 
 
@@ -242,9 +265,15 @@ def parse_event_line(line: bytes | str) -> dict[str, Any] | None:
             obj = json.loads(candidate)
         except ValueError:
             continue
-        if isinstance(obj, dict) and isinstance(obj.get("ts"), int | float) and "kind" in obj:
+        if isinstance(obj, dict) and _valid_ts(obj.get("ts")) and "kind" in obj:
             return obj
     return None
+
+
+def _valid_ts(ts: object) -> bool:
+    if isinstance(ts, bool) or not isinstance(ts, int | float):
+        return False
+    return math.isfinite(ts) and 0 <= ts <= TS_MAX
 
 
 def _read_lines(path: Path) -> Iterator[bytes]:

@@ -4,8 +4,10 @@ The supervisor rewrites the whole file after every change (a start, an exit, a r
 (version 1)::
 
     {"version": 1, "pid": 4242, "pid_start": 912345, "updated_at": 1795732262.4,
-     "root": "/oomguard", "mode": "enforce", "degraded": null,
-     "services": {"db": {"state": "RUNNING", "pid": 123, "restarts": 0, "evictions": 0,
+     "root": "/oomguard", "mode": "enforce", "degraded": null, "event_log_dropped": 0,
+     "instance_sha256": "9f86d0...",
+     "services": {"db": {"state": "RUNNING", "pid": 123, "pid_start": 912399, "pgid": 123,
+                         "restarts": 0, "evictions": 0,
                          "slice": "/oomguard/db", "role": "primary", "criticality": null,
                          "oom_score_adj": -999,
                          "last_exit": {"code": null, "signal": 9, "oom_killed": true},
@@ -34,21 +36,26 @@ import contextlib
 import errno
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from oomguard.errors import OomguardError
+from oomguard.observe.statedir import StateDir, check_path
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from oomguard.cgroup.path import CgroupPath
 
 #: Where state.json and events.jsonl live unless ``[oomguard] state_dir`` (or
 #: ``--state-dir`` / ``$OOMGUARD_STATE_DIR``) says otherwise.
 DEFAULT_STATE_DIR = Path("/run/oomguard")
 STATE_FILE = "state.json"
 STATE_VERSION = 1
-STATE_DIR_HINT = "set [oomguard] state_dir to a writable directory, e.g. /tmp/oomguard"
+#: A state.json is a few KiB; reading more is a sign it is not ours.
+_READ_LIMIT = 16 << 20
+#: The tree ownership ledger (fallback marker, see cgroup/tree.py).
+TREE_FILE = "tree.json"
 
 
 class LastExit(TypedDict):
@@ -63,6 +70,11 @@ class ServiceState(TypedDict, total=False):
 
     state: str
     pid: int | None
+    #: The main process's start time (clock ticks since boot): with `pid`, what lets the next
+    #: start stop a survivor of a killed supervisor without hitting a reused pid.
+    pid_start: int | None
+    #: Its process group (the service is a session leader, so it equals `pid`).
+    pgid: int | None
     restarts: int
     evictions: int
     #: The service's cgroup; None when degraded (no slice: it runs in oomguard's own cgroup).
@@ -86,6 +98,11 @@ class StateDoc(TypedDict):
     #: Why there is no slice tree, or None (see module docstring).
     degraded: str | None
     services: dict[str, ServiceState]
+    #: SHA-256 of the run's token that every service has in $OOMGUARD_INSTANCE (see
+    #: runtime/survivors.py; the token itself is never written here).
+    instance_sha256: NotRequired[str]
+    #: Event-log lines lost to failed writes (ENOSPC, EIO...) in this run.
+    event_log_dropped: NotRequired[int]
 
 
 def state_path(state_dir: Path) -> Path:
@@ -93,29 +110,39 @@ def state_path(state_dir: Path) -> Path:
 
 
 def ensure_state_dir(state_dir: Path) -> Path:
-    """Create the state dir (and parents) if needed and check we can write there.
+    """Create and check the state dir (see observe/statedir.py); raises `StateDirError` (exit 2)
+    naming the directory. This runs at startup, so a wrong path stops oomguard before it
+    touches any cgroup."""
+    StateDir.open(state_dir).close()
+    return check_path(Path(state_dir))
 
-    Raises `OomguardError` naming the directory, with the config knob as the fix. This runs at
-    startup, so a wrong path stops oomguard before it touches any cgroup.
-    """
-    state_dir = Path(state_dir)
-    try:
-        state_dir.mkdir(mode=0o755, parents=True, exist_ok=True)
-    except FileExistsError as err:
-        raise OomguardError(
-            f"state_dir {state_dir} exists but is not a directory", hint=STATE_DIR_HINT
-        ) from err
-    except OSError as err:
-        raise OomguardError(
-            f"cannot create state_dir {state_dir}: {err.strerror or err}", hint=STATE_DIR_HINT
-        ) from err
-    if not state_dir.is_dir():
-        raise OomguardError(f"state_dir {state_dir} is not a directory", hint=STATE_DIR_HINT)
-    # os.access answers for the real uid, which is what oomguard runs as (it never setuids
-    # itself; only the launcher's children drop privileges).
-    if not os.access(state_dir, os.W_OK | os.X_OK):
-        raise OomguardError(f"state_dir {state_dir} is not writable", hint=STATE_DIR_HINT)
-    return state_dir
+
+class TreeLedger:
+    """The tree ownership record kept in ``<state_dir>/tree.json`` (see cgroup/tree.py,
+    "Ownership"): the root's path and cgroup id, for where xattrs cannot be set."""
+
+    def __init__(self, sd: StateDir) -> None:
+        self.sd = sd
+
+    def recorded(self, root: CgroupPath) -> int | None:
+        try:
+            raw = self.sd.read_file(TREE_FILE, 1 << 16)
+            data = json.loads(raw) if raw is not None else None
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict) or data.get("root") != str(root):
+            return None
+        cgroup_id = data.get("cgroup_id")
+        return cgroup_id if isinstance(cgroup_id, int) and not isinstance(cgroup_id, bool) else None
+
+    def record(self, root: CgroupPath, cgroup_id: int) -> None:
+        text = json.dumps({"version": 1, "root": str(root), "cgroup_id": cgroup_id}) + "\n"
+        try:
+            self.sd.write_atomic(TREE_FILE, text.encode(), 0o644)
+        except OSError:
+            # The xattr is the primary marker; a lost record only means a later run without
+            # xattr support refuses to adopt this tree (which kills nothing).
+            return
 
 
 def proc_start_ticks(pid: int, proc_root: Path = Path("/proc")) -> int | None:
@@ -141,10 +168,12 @@ def make_state(
     updated_at: float,
     pid: int | None = None,
     degraded: str | None = None,
+    instance_sha256: str | None = None,
+    event_log_dropped: int = 0,
 ) -> StateDoc:
     """A version-1 document for `write_state`; `pid` defaults to this process."""
     pid = os.getpid() if pid is None else pid
-    return {
+    doc: StateDoc = {
         "version": STATE_VERSION,
         "pid": pid,
         "pid_start": proc_start_ticks(pid),
@@ -153,29 +182,30 @@ def make_state(
         "mode": mode,
         "degraded": degraded,
         "services": {name: svc.copy() for name, svc in services.items()},
+        "event_log_dropped": event_log_dropped,
     }
+    if instance_sha256 is not None:
+        doc["instance_sha256"] = instance_sha256
+    return doc
 
 
-def write_state(state_dir: Path, data: Mapping[str, Any]) -> None:
+def write_state(state_dir: Path | StateDir, data: Mapping[str, Any]) -> None:
     """Atomically replace ``<state_dir>/state.json`` with `data` (see module docstring).
 
-    Raises OSError on failure (the caller, the supervisor, decides whether to warn); the
-    previous state.json is then untouched and no temp file is left behind.
+    Through the directory fd: an O_EXCL temp file, fchmod 0644 (`oomguard status` may run as
+    another user), rename. Raises OSError on failure (the caller, the supervisor, decides
+    whether to warn); the previous state.json is then untouched and no temp file is left.
+    A bare path is opened and checked like the supervisor's state dir (`StateDirError`).
     """
-    state_dir = Path(state_dir)
     text = json.dumps(data, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    # The temp file must be in the same directory: rename is only atomic within a filesystem.
-    # A dot-name so a glob for *.json never picks up a half-written file.
-    fd, tmp = tempfile.mkstemp(dir=state_dir, prefix="." + STATE_FILE + ".", suffix=".tmp")
+    if isinstance(state_dir, StateDir):
+        state_dir.write_atomic(STATE_FILE, text.encode("utf-8"), 0o644)
+        return
+    sd = StateDir.open(state_dir)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; `oomguard status` may run as another user
-        os.replace(tmp, state_dir / STATE_FILE)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+        sd.write_atomic(STATE_FILE, text.encode("utf-8"), 0o644)
+    finally:
+        sd.close()
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
@@ -186,17 +216,26 @@ def read_state(state_dir: Path) -> dict[str, Any] | None:
     """
     path = state_path(state_dir)
     try:
-        text = path.read_text(encoding="utf-8")
+        # O_NOFOLLOW: `oomguard status` may run as root; a planted link must not make it read
+        # (and quote) whatever the link names.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as f:
+            text = f.read(_READ_LIMIT).decode("utf-8", "replace")
     except FileNotFoundError:
         return None
     except NotADirectoryError:
         return None
-    except PermissionError as err:
-        raise OomguardError(
-            f"cannot read {path}: permission denied",
-            hint="run as root or as the user oomguard runs as",
-        ) from err
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise OomguardError(
+                f"{path} is a symlink; oomguard never reads or writes state through one",
+                hint="remove it, and check who could create it in the state_dir",
+            ) from err
+        if isinstance(err, PermissionError):
+            raise OomguardError(
+                f"cannot read {path}: permission denied",
+                hint="run as root or as the user oomguard runs as",
+            ) from err
         raise OomguardError(f"cannot read {path}: {err.strerror or err}") from err
     try:
         data = json.loads(text)

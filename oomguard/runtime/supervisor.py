@@ -19,8 +19,10 @@ only for what humans read (event log, state.json).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
+import secrets
 import select
 import signal
 import time
@@ -35,7 +37,15 @@ from oomguard.events.loop import Loop
 from oomguard.events.signals import SignalQueue, disposition, signal_name
 from oomguard.observe.eventlog import EventLog
 from oomguard.observe.sink import SELF, OutputSink
-from oomguard.observe.state import make_state, write_state
+from oomguard.observe.state import (
+    TreeLedger,
+    make_state,
+    proc_start_ticks,
+    read_state,
+    state_writer_alive,
+    write_state,
+)
+from oomguard.observe.statedir import StateDir
 from oomguard.policy import ranking
 from oomguard.policy import restart as rp
 from oomguard.runtime import launcher
@@ -111,6 +121,8 @@ class Service:
     oom_pending: bool = False
     started_wall: float | None = None
     evictions: int = 0
+    #: The main process's start time (see observe/state.py); None until started.
+    pid_start: int | None = None
 
 
 @dataclass
@@ -174,6 +186,11 @@ class Supervisor:
         self.signals: SignalQueue | None = None
         self.reaper = Reaper(subreaper=False)
         self.events: EventLog | None = None
+        self.statedir: StateDir | None = None
+        #: This run's token in every service's $OOMGUARD_INSTANCE (runtime/survivors.py).
+        self.instance = secrets.token_hex(16)
+        #: A run of failed event-log writes is being reported (one warning per burst).
+        self.event_log_failing = False
         self.pump: launcher.OutputPump | None = None
         #: Non-blocking writers for oomguard's output fds, by fd (the caller's, e.g. the log's
         #: stderr, plus any made here for the pump, which `_own_sinks` lists and closes).
@@ -208,7 +225,14 @@ class Supervisor:
             self.reaper = Reaper(subreaper=ok)
             if not ok:
                 self.log.warn("subreaper", error="prctl(PR_SET_CHILD_SUBREAPER) failed")
-        self.events = EventLog(cfg.oomguard.state_dir, clock_wall=self.wall)
+        # The state dir first, checked and locked: a second supervisor on it is refused here,
+        # before it can touch the tree or the first one's services.
+        self.statedir = StateDir.open(cfg.oomguard.state_dir)
+        self.statedir.lock()
+        self.events = EventLog(self.statedir, clock_wall=self.wall)
+        # Before any new service starts (and before the tree is adopted, whose leftovers
+        # tree.build kills with SIGKILL): the last run's survivors get their stop signal.
+        self._stop_survivors()
         self._protect_self()
         if self.degraded is not None:
             self._setup_degraded()
@@ -217,7 +241,13 @@ class Supervisor:
             return
         # The no-internal-process rule: oomguard moves itself into its own leaf first, then
         # controllers can be enabled for the slices (see cgroup/tree.py).
-        self.built = treemod.build(self.fs, cfg.tree_spec(), os.getpid(), self.self_cgroup)
+        self.built = treemod.build(
+            self.fs,
+            cfg.tree_spec(),
+            os.getpid(),
+            self.self_cgroup,
+            ledger=TreeLedger(self.statedir),
+        )
         for warning in self.built.warnings:
             self.log.warn("tree", detail=warning)
             self.emit("tree_warning", None, detail=warning)
@@ -250,6 +280,43 @@ class Supervisor:
         self._make_services(lambda name: self.built.paths[name] if self.built else self.self_cgroup)
         for ext in self.extensions:
             ext.setup(self)
+
+    def _stop_survivors(self) -> None:
+        """Stop what a killed supervisor on this state dir left running (runtime/survivors.py).
+        We hold the lock, so its writer is dead, unless it was an oomguard without the lock."""
+        from oomguard.errors import StateDirError
+        from oomguard.runtime import survivors
+
+        assert self.statedir is not None
+        try:
+            old = read_state(self.statedir.path)
+        except OomguardError as err:
+            self.log.warn("old_state_unreadable", error=str(err))
+            return
+        if old is None:
+            return
+        if old.get("pid") != os.getpid() and state_writer_alive(old):
+            raise StateDirError(
+                f"state_dir {self.statedir.path} is in use by oomguard pid {old.get('pid')} "
+                "(an older version without the lock file)",
+                "stop that oomguard first, or give this one its own [oomguard] state_dir",
+            )
+        found = survivors.find(old)
+        if not found:
+            return
+        services = self.config.service
+
+        def stop_signal(name: str) -> int:
+            return int(services[name].stop_signal) if name in services else int(signal.SIGTERM)
+
+        def timeout(name: str) -> float:
+            return services[name].stop_timeout if name in services else survivors.MAX_WAIT
+
+        def log(event: str, **fields: Any) -> None:
+            self.log.warn(event, **fields)
+            self.emit(event, None, **fields)
+
+        survivors.stop(found, stop_signal, timeout, log)
 
     def _protect_self(self) -> None:
         """Take the primary's oom_score_adj (-999) for oomguard itself.
@@ -467,9 +534,21 @@ class Supervisor:
         self.emit(action.kind, svc.cgroup, service=svc.name, **fields)
 
     def emit(self, kind: str, cgroup: CgroupPath | None, **fields: Any) -> None:
-        """Append an event to events.jsonl (the supervisor's audit trail)."""
+        """Append an event to events.jsonl (the supervisor's audit trail). A failed write
+        (ENOSPC, EIO...) never stops the loop; it is counted, and warned about once per burst."""
         if self.events is not None:
-            self.events.append(kind, slice=cgroup, **fields)
+            ok = self.events.append(kind, slice=cgroup, **fields)
+            if not ok and not self.event_log_failing:
+                self.event_log_failing = True
+                self.log.warn(
+                    "event_log_write_failed",
+                    path=str(self.events.path),
+                    error=self.events.last_error,
+                    dropped=self.events.dropped,
+                )
+            elif ok and self.event_log_failing:
+                self.event_log_failing = False
+                self.log.info("event_log_recovered", dropped=self.events.dropped)
         self.dirty = True
 
     # -- actions ----------------------------------------------------------------------------
@@ -479,7 +558,13 @@ class Supervisor:
         # Like supervisord and `docker exec`: the service sees oomguard's environment, with the
         # config's `env` laid over it.
         env = {**os.environ, **scfg.env}
-        extra = {"OOMGUARD_SERVICE": svc.name, "OOMGUARD_SLICE": str(svc.cgroup)}
+        extra = {
+            "OOMGUARD_SERVICE": svc.name,
+            "OOMGUARD_SLICE": str(svc.cgroup),
+            # Inherited by the service's children: how the next start finds the ones that
+            # outlive a killed supervisor (runtime/survivors.py).
+            "OOMGUARD_INSTANCE": self.instance,
+        }
         if scfg.pressure_watch:
             # systemd's convention (sd_event_add_memory_pressure): the service watches this file
             # itself and sheds memory when its trigger fires.
@@ -514,6 +599,7 @@ class Supervisor:
             self.log.warn("spawn", service=svc.name, detail=warning)
         svc.child = child
         svc.started_wall = self.wall()
+        svc.pid_start = proc_start_ticks(child.pid)
         self.by_pid[child.pid] = svc
         self.reaper.track(child.pid)
         if child.pidfd >= 0:
@@ -968,6 +1054,9 @@ class Supervisor:
             services[name] = {
                 "state": svc.rec.state.name,
                 "pid": svc.child.pid if svc.child else None,
+                "pid_start": svc.pid_start if svc.child else None,
+                # Each service is a session leader (launcher: setsid), so pgid == pid.
+                "pgid": svc.child.pid if svc.child else None,
                 "restarts": svc.rec.restarts_total,
                 "evictions": svc.evictions,
                 # Degraded: every service is in oomguard's own cgroup, which is not its slice.
@@ -996,9 +1085,12 @@ class Supervisor:
             services=services,
             updated_at=self.wall(),
             degraded=self.degraded,
+            instance_sha256=hashlib.sha256(self.instance.encode()).hexdigest(),
+            event_log_dropped=self.events.dropped if self.events is not None else 0,
         )
+        assert self.statedir is not None
         try:
-            write_state(self.config.oomguard.state_dir, doc)
+            write_state(self.statedir, doc)
         except OSError as err:
             self.log.warn("state_write_failed", error=err.strerror or str(err))
 
@@ -1043,6 +1135,9 @@ class Supervisor:
             self.signals.close()
         if self.events is not None:
             self.events.close()
+        if self.statedir is not None:
+            # Closing releases the lock: only now may another supervisor take this state dir.
+            self.statedir.close()
 
     def _psi_line(self, name: str) -> str:
         trig = self.config.pressure_for(name).psi_trigger

@@ -80,7 +80,7 @@ def test_a_crash_before_the_rename_leaves_the_old_file_whole(
     class Crash(BaseException):
         pass
 
-    def crash(src: str, dst: str) -> None:
+    def crash(src: str, dst: str, **_: object) -> None:
         raise Crash
 
     monkeypatch.setattr(os, "replace", crash)
@@ -175,15 +175,14 @@ def test_ensure_state_dir_errors_name_the_dir_and_the_knob(tmp_path: Path) -> No
         with pytest.raises(OomguardError) as info:
             ensure_state_dir(bad)
         assert str(bad) in info.value.message
-        assert info.value.hint == (
-            "set [oomguard] state_dir to a writable directory, e.g. /tmp/oomguard"
-        )
+        assert info.value.hint is not None and "state_dir" in info.value.hint
+        assert "/tmp" not in info.value.hint
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to make an unwritable-for-root dir")
 def test_ensure_state_dir_on_a_read_only_place_is_an_error() -> None:
     # /proc refuses mkdir even for root: the closest thing to EACCES/EROFS we can get as root.
-    with pytest.raises(OomguardError, match="cannot create state_dir /proc/oomguard-test"):
+    with pytest.raises(OomguardError, match="state_dir /proc/oomguard-test is a system directory"):
         ensure_state_dir(Path("/proc/oomguard-test"))
 
 
