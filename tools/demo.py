@@ -22,7 +22,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIG = REPO / "examples" / "demo.toml"
-STATE = Path("/tmp/oomguard-demo")
+STATE = Path("/run/oomguard-demo")
 KILLS = 3
 DEADLINE = 150.0
 

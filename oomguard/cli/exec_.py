@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from pathlib import Path
 from typing import Any
 
 import click
@@ -95,6 +96,9 @@ def command(
     from oomguard.config.model import Config
 
     primary = name or _service_name(cmd[0])
+    per_run = state_dir is None
+    if state_dir is None:
+        state_dir = str(per_run_state_dir())
     data: dict[str, Any] = overrides(
         state_dir=state_dir, cgroup_root=cgroup_root, log_format=log_format
     )
@@ -132,7 +136,11 @@ def command(
             [_as_option(p, primary) for p in err.problems], source=err.source
         ) from None
 
-    outcome = supervise(config, init=init)
+    try:
+        outcome = supervise(config, init=init)
+    finally:
+        if per_run:
+            _remove_state_dir(config.oomguard.state_dir)
     exit_ = outcome.primary_exit
     if exit_ is not None and exit_.oom_killed:
         for line in outcome.oom_lines:
@@ -141,6 +149,39 @@ def command(
                 break
         return int(ExitCode.OOM_KILLED)
     return outcome.status
+
+
+def per_run_state_dir() -> Path:
+    """exec's own state dir for this run, so parallel runs never share one: under /run/oomguard
+    for root, under $XDG_RUNTIME_DIR/oomguard (the user's own tmpfs, mode 0700) otherwise."""
+    from oomguard.errors import StateDirError
+    from oomguard.observe.statedir import DEFAULT_ROOT_BASE
+
+    if os.geteuid() == 0:
+        base = DEFAULT_ROOT_BASE
+    else:
+        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+        if not runtime.startswith("/"):
+            raise StateDirError(
+                "oomguard exec needs a state directory: $XDG_RUNTIME_DIR is not set for this "
+                "non-root user",
+                "pass --state-dir DIR (a directory of your own), or log in with a session "
+                "that sets $XDG_RUNTIME_DIR",
+            )
+        base = Path(runtime) / "oomguard"
+    return base / f"exec-{os.getpid()}"
+
+
+def _remove_state_dir(path: Path) -> None:
+    """Remove exec's per-run state dir at exit (nothing else may be left in it)."""
+    from oomguard.errors import OomguardError
+    from oomguard.observe.statedir import StateDir
+
+    try:
+        sd = StateDir.open(path, create=False)
+    except OomguardError:
+        return
+    sd.remove()
 
 
 _OPTION_OF = {

@@ -33,6 +33,9 @@ from pathlib import Path
 from oomguard.errors import StateDirError
 
 LOCK_FILE = "lock"
+#: Root's state directories live here ([oomguard] state_dir's default; exec's per-run ones
+#: below it).
+DEFAULT_ROOT_BASE = Path("/run/oomguard")
 #: The mode a new state directory gets (see module doc for why not 0700).
 DIR_MODE = 0o755
 #: Directories that are never a state_dir: the system's own, and shared world-writable ones.
@@ -229,11 +232,16 @@ class StateDir:
                 os.close(fd)
 
     def remove(self) -> None:
-        """Delete the directory and the files oomguard put in it (exec's per-run directory).
+        """Delete the files oomguard puts here and the directory (exec's per-run directory).
         Anything else found there is left, and so is the directory then."""
+        from oomguard.observe.eventlog import EVENTS_FILE, ROTATED_FILE
+        from oomguard.observe.state import STATE_FILE, TREE_FILE
+
+        ours = {STATE_FILE, EVENTS_FILE, ROTATED_FILE, LOCK_FILE, TREE_FILE}
         for entry in os.listdir(self.fd):
-            with contextlib.suppress(OSError):
-                os.unlink(entry, dir_fd=self.fd)
+            if entry in ours or (entry.startswith(".") and entry.endswith(".tmp")):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry, dir_fd=self.fd)
         path = self.path
         self.close()
         with contextlib.suppress(OSError):

@@ -298,3 +298,19 @@ def test_follow_on_a_missing_state_dir_fails_fast(tmp_path: Path, follow: list[F
     follow.append(f)
     assert f.proc.wait(timeout=20) == 1
     f.wait_stderr("does not exist")
+
+
+@pytest.mark.parametrize("ts", ["1e300", "-1", "Infinity", "NaN", "99999999999999", "true"])
+def test_an_out_of_range_ts_is_skipped_not_a_crash(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, ts: str
+) -> None:
+    good = json.dumps({"ts": 1795732262.0, "slice": None, "service": "db", "kind": "start"})
+    bad = '{"ts": %s, "slice": null, "service": "db", "kind": "exit"}' % ts
+    (tmp_path / EVENTS_FILE).write_text(f"{bad}\n{good}\n{bad}\n")
+    for extra in ((), ("--json",), ("--since", "1h")):
+        code, out, err = run(capsys, "--state-dir", str(tmp_path), *extra)
+        assert code == 0, err
+        assert "Traceback" not in out + err
+        assert "exit" not in out
+    code, out, _ = run(capsys, "--state-dir", str(tmp_path))
+    assert "start" in out

@@ -215,3 +215,55 @@ def test_a_vanished_budget_is_recreated_above_its_service(
     # The budget enables the controllers its children need, before they are made.
     assert "memory" in fs.value(PAIR, "cgroup.subtree_control").split()
     assert fs.value(LO, "memory.max") == "max"
+
+
+# -- the state dir -------------------------------------------------------------------------
+
+
+def test_a_second_supervisor_on_the_same_state_dir_is_refused(
+    sup: Supervisor, fs: FakeCgroupFS, tmp_path: Path, clock: Clock
+) -> None:
+    from oomguard.errors import StateDirError
+
+    config = Config.from_mapping(
+        {
+            "oomguard": {"cgroup": "/other", "state_dir": str(tmp_path / "state")},
+            "service": {"db": {"role": "primary", "command": ["sleep", "1000"]}},
+        }
+    )
+    second = Supervisor(config, fs, CgroupPath.ROOT, Logger(io.StringIO()), clock=clock)
+    with pytest.raises(StateDirError, match=f"pid {os.getpid()}") as info:
+        second._setup()
+    second._close()
+    assert info.value.exit_code == 2
+    assert not fs.exists(P("/other"))  # refused before touching any cgroup
+
+
+def test_event_log_write_failures_are_counted_and_warned_once_per_burst(
+    sup: Supervisor, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+
+    out = io.StringIO()
+    sup.log = Logger(out)
+    assert sup.events is not None
+    log_fd = sup.events._fd
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        if fd == log_fd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", full)
+    for _ in range(5):
+        sup.emit("pressure", None, avg10=1.0)
+    sup._flush_state()
+    monkeypatch.undo()
+    warned = [ln for ln in out.getvalue().splitlines() if "event_log_write_failed" in ln]
+    assert len(warned) == 1, out.getvalue()
+    assert "No space left on device" in warned[0]
+    state = json.loads((tmp_path / "state" / "state.json").read_text())
+    assert state["event_log_dropped"] == 5
+    sup.emit("pressure", None, avg10=1.0)
+    assert "event_log_recovered" in out.getvalue()
