@@ -305,7 +305,7 @@ def test_an_out_of_range_ts_is_skipped_not_a_crash(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, ts: str
 ) -> None:
     good = json.dumps({"ts": 1795732262.0, "slice": None, "service": "db", "kind": "start"})
-    bad = '{"ts": %s, "slice": null, "service": "db", "kind": "exit"}' % ts
+    bad = '{"ts": ' + ts + ', "slice": null, "service": "db", "kind": "exit"}'
     (tmp_path / EVENTS_FILE).write_text(f"{bad}\n{good}\n{bad}\n")
     for extra in ((), ("--json",), ("--since", "1h")):
         code, out, err = run(capsys, "--state-dir", str(tmp_path), *extra)

@@ -45,7 +45,7 @@ def state_dir(tmp_path: Path) -> Path:
 def test_symlinked_events_jsonl_is_refused(tmp_path: Path, victim: Path) -> None:
     d = state_dir(tmp_path)
     (d / EVENTS_FILE).symlink_to(victim)
-    with pytest.raises(StateDirError, match="events.jsonl is a symlink") as info:
+    with pytest.raises(StateDirError, match=r"events\.jsonl is a symlink") as info:
         EventLog(d)
     assert info.value.exit_code == ExitCode.USAGE
     assert untouched(victim)
@@ -69,7 +69,7 @@ def test_a_symlink_planted_after_open_is_never_written_through(
 def test_symlinked_state_json_is_refused(tmp_path: Path, victim: Path) -> None:
     d = state_dir(tmp_path)
     (d / STATE_FILE).symlink_to(victim)
-    with pytest.raises(StateDirError, match="state.json is a symlink"):
+    with pytest.raises(StateDirError, match=r"state\.json is a symlink"):
         write_state(d, DOC)
     with pytest.raises(OomguardError, match="symlink"):
         read_state(d)
