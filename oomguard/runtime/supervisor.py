@@ -191,6 +191,7 @@ class Supervisor:
         self.instance = secrets.token_hex(16)
         #: A run of failed event-log writes is being reported (one warning per burst).
         self.event_log_failing = False
+        self.state_write_failing = False
         self.pump: launcher.OutputPump | None = None
         #: Non-blocking writers for oomguard's output fds, by fd (the caller's, e.g. the log's
         #: stderr, plus any made here for the pump, which `_own_sinks` lists and closes).
@@ -1092,7 +1093,14 @@ class Supervisor:
         try:
             write_state(self.statedir, doc)
         except OSError as err:
-            self.log.warn("state_write_failed", error=err.strerror or str(err))
+            # Once per burst, like the event log: a full disk must not flood the log.
+            if not self.state_write_failing:
+                self.state_write_failing = True
+                self.log.warn("state_write_failed", error=err.strerror or str(err))
+            return
+        if self.state_write_failing:
+            self.state_write_failing = False
+            self.log.info("state_write_recovered")
 
     # -- teardown ---------------------------------------------------------------------------
 
