@@ -13,6 +13,7 @@ so, and status then shows the services alone, without needing a cgroup2 mount at
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -42,11 +43,16 @@ def read_state_file(path: str) -> tuple[dict[str, Any] | None, str | None]:
     """(document, problem). A missing file is (None, None): no supervisor has run here. A file
     that can't be used is (None, why): status still shows the cgroup tree."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        # O_NOFOLLOW: status may run as root, and a planted link must not make it read (and
+        # quote) whatever the link names. A state.json is a few KiB; 16 MiB caps a bogus one.
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd, encoding="utf-8", errors="replace") as f:
+            text = f.read(16 << 20)
     except (FileNotFoundError, NotADirectoryError):
         return None, None
     except OSError as err:
+        if err.errno == errno.ELOOP:
+            return None, f"{path} is a symlink; oomguard never reads state through one"
         return None, f"cannot read {path}: {err.strerror or err}"
     import json  # only when there is a state file: a cold-start cost otherwise saved
 

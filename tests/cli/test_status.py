@@ -456,3 +456,14 @@ def test_no_cgroup2_mount_and_no_state_points_at_the_state_dir(
         as_json=False, root_opt=None, state_dir=str(tmp_path / "s"), mount=None, echo=out.append
     )
     assert rc == 0 and "backup" in out[0]
+
+
+def test_a_symlinked_state_json_is_not_read(tmp_path: Path) -> None:
+    from oomguard.cli.status import read_state_file
+
+    target = tmp_path / "target.json"
+    target.write_text('{"services": {}, "secret": "x"}')
+    (tmp_path / "state.json").symlink_to(target)
+    doc, problem = read_state_file(str(tmp_path / "state.json"))
+    assert doc is None
+    assert problem is not None and "symlink" in problem
