@@ -11,12 +11,16 @@ import secrets
 import signal
 import subprocess
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from oomguard.cgroup.tree import MARK_PREFIX, MARK_TRUSTED, build
 from tests.kernel.support import (
+    DEADLINE,
+    PYTHON,
+    REPO,
     Oomguard,
     assert_no_traceback,
     cg_write,
@@ -30,7 +34,6 @@ from tests.kernel.test_tree import three_level
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
-    from pathlib import Path
 
     from oomguard.cgroup.fs import CgroupFS
     from oomguard.cgroup.path import CgroupPath
@@ -304,3 +307,42 @@ def _fill(path: Path) -> None:
                 f.flush()
     except OSError:
         pass
+
+
+# -- exec's own state dir ------------------------------------------------------------------------
+
+
+def test_parallel_execs_get_their_own_state_dirs_and_remove_them(
+    cgroup2_mount: Path, scratch_cgroup: Path
+) -> None:
+    base = Path("/run/oomguard")
+    before = set(base.glob("exec-*")) if base.exists() else set()
+    runs = [
+        subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "oomguard",
+                "exec",
+                "--cgroup",
+                rel(cgroup2_mount, scratch_cgroup / n),
+                "--memory-max",
+                "64M",
+                "--",
+                "sh",
+                "-c",
+                "sleep 2; exit 7",
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        )
+        for n in ("a", "b")
+    ]
+    outputs = [r.communicate(timeout=DEADLINE)[0].decode(errors="replace") for r in runs]
+    for run, output in zip(runs, outputs, strict=True):
+        assert_no_traceback(output)
+        assert run.returncode == 7, output
+        assert "in use" not in output, output
+    assert set(base.glob("exec-*")) == before
