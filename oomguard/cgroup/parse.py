@@ -90,6 +90,21 @@ def parse_flat_keyed(text: str, source: str = "") -> dict[str, int]:
     return out
 
 
+def parse_meminfo(text: str, source: str = "/proc/meminfo") -> dict[str, int]:
+    """/proc/meminfo -> ``{"MemTotal": bytes, ...}``. Values given in ``kB`` (KiB, in fact) are
+    converted to bytes; unit-less ones (HugePages_Total) stay counts. Malformed lines raise."""
+    out: dict[str, int] = {}
+    for line in _lines(text):
+        key, sep, rest = line.partition(":")
+        fields = rest.split()
+        if not sep or not key or len(fields) not in (1, 2) or not _is_digits(fields[0]):
+            raise _err(source, f"expected 'Key: value [kB]', got {line!r}")
+        if len(fields) == 2 and fields[1] != "kB":
+            raise _err(source, f"unknown unit in {line!r}")
+        out[key] = int(fields[0]) * (1024 if len(fields) == 2 else 1)
+    return out
+
+
 def parse_int(text: str, source: str = "") -> int:
     """A single integer (memory.current, memory.peak, pids.current); surrounding space ignored."""
     value = text.strip()

@@ -65,7 +65,7 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 from oomguard.policy.ranking import eviction_order
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
 Mode: TypeAlias = Literal["enforce", "observe"]
 #: Numbers behind a decision, for the event log: plain scalars only.
@@ -82,6 +82,9 @@ class Member:
     running: bool
     evictable: bool
     is_primary: bool = False
+    #: memory.swap.current (0 without swap): among equally critical members the biggest swap
+    #: user is evicted first (``ranking.eviction_order``).
+    swap: int = 0
 
 
 @dataclass(frozen=True)
@@ -283,7 +286,9 @@ def _relieve(
     if ordered:
         victim = ordered[0]
         figures = _figures(sample)
-        figures.update(member_current=victim.current, criticality=victim.criticality)
+        figures.update(
+            member_current=victim.current, member_swap=victim.swap, criticality=victim.criticality
+        )
         new = replace(state, evicted=(*state.evicted, victim.name), last_action_at=now)
         return new, Evict(victim.name, reason, figures)
 
@@ -311,3 +316,163 @@ def _figures(sample: BudgetSample) -> Figures:
         "psi_some_avg10": sample.psi_some_avg10,
         "psi_fired": sample.psi_fired,
     }
+
+
+# -- budgets without a cgroup limit, and swap ---------------------------------------------------
+
+
+def machine_budget(meminfo: Mapping[str, int]) -> tuple[int, int] | None:
+    """(limit, usage) of the machine itself, for a tree with no memory.max at or above it: the
+    budget is the machine's memory, and the machine runs out for everyone, not for our tree
+    alone. So the usage is the machine's: ``MemTotal - MemAvailable``, the kernel's own estimate
+    of what cannot be had back without swapping (it leaves out the reclaimable page cache and
+    slab, like `_usage` does for a cgroup). With swap (``SwapTotal > 0``), both count it: the
+    limit adds SwapTotal, the usage adds ``SwapTotal - SwapFree``. ``meminfo`` is /proc/meminfo
+    in bytes; None if it lacks MemTotal or MemAvailable (kernels before 3.14)."""
+    total = meminfo.get("MemTotal")
+    available = meminfo.get("MemAvailable")
+    if total is None or available is None or total <= 0:
+        return None
+    limit = total
+    usage = max(0, total - available)
+    swap_total = meminfo.get("SwapTotal", 0)
+    if swap_total > 0:
+        limit += swap_total
+        usage += max(0, swap_total - meminfo.get("SwapFree", swap_total))
+    return limit, usage
+
+
+def with_swap(
+    limit: int, usage: int, *, swap_max: int | None, swap_current: int, swap_total: int
+) -> tuple[int, int]:
+    """(limit, usage) of a cgroup budget counting swap where it exists: the cgroup can hold
+    memory.max in RAM plus its swap allowance (memory.swap.max, at most the machine's swap)
+    before the OOM killer runs, and what it has swapped out is usage that did not go away.
+    Without swap on the machine (``swap_total == 0``) both are unchanged."""
+    if swap_total <= 0:
+        return limit, usage
+    room = swap_total if swap_max is None else min(swap_max, swap_total)
+    return limit + room, usage + max(0, swap_current)
+
+
+# -- automatic memory.high that follows the room left -------------------------------------------
+
+#: Page size memory.high is kept aligned to (the kernel rounds down to pages anyway; aligned
+#: values compare equal to what it reads back).
+PAGE = 4096
+#: Slowest sampling of the rooms, seconds, when every room is far from its threshold.
+FOLLOW_IDLE = 10.0
+#: Margin above headroom_min (a fraction of the limit) from which sampling is at its slowest.
+FOLLOW_FAR = 0.25
+
+
+@dataclass(frozen=True)
+class Room:
+    """A budget the primary lives in: the whole tree (its limit the nearest memory.max at or
+    above it, else the machine's memory), or a ``[slice]`` around the primary with a
+    memory_max. ``limit`` and ``usage`` count swap where it exists (`with_swap`,
+    `machine_budget`); ``groups`` names the sidecar groups inside it."""
+
+    name: str
+    limit: int | None
+    usage: int
+    headroom_min: float
+    groups: tuple[str, ...]
+
+    @property
+    def slack(self) -> int | None:
+        """Bytes the room can still grow before its headroom falls below headroom_min
+        (negative once below), or None without a limit."""
+        if self.limit is None:
+            return None
+        return int(self.limit * (1 - self.headroom_min)) - self.usage
+
+    @property
+    def margin(self) -> float | None:
+        """Headroom above headroom_min, as a fraction of the limit (None without a limit)."""
+        if self.limit is None or self.limit <= 0:
+            return None
+        return (self.limit - self.usage) / self.limit - self.headroom_min
+
+
+@dataclass(frozen=True)
+class Group:
+    """A sidecar group: the topmost cgroup of a branch of the tree that does not hold the
+    primary (a ``[slice]`` of sidecars, or a sidecar service outside any slice). ``current``
+    is its memory.current, which is what the kernel compares memory.high with. ``cap``: the
+    highest value its memory.high may take (the user's memory_high, or a ``[slice]``'s
+    automatic ``memory_max * (1 - headroom_min)``); None: none."""
+
+    name: str
+    current: int
+    cap: int | None = None
+
+
+def follow_highs(rooms: Sequence[Room], groups: Sequence[Group]) -> dict[str, int | None]:
+    """The memory.high of each sidecar group (bytes, page-aligned; None: leave it at "max").
+
+    Each room's slack (what it can still grow before its headroom drops below headroom_min) is
+    split evenly among the groups inside it; a group may grow by its smallest share over the
+    rooms it is in: high = current + share. So the kernel raises ``high`` in a group's
+    memory.events (and throttles it) about when the room runs out, without oomguard polling the
+    sidecars; a primary that grows shrinks the slack and so every sidecar's high.
+
+    Never below the group's current usage: a high below memory.current makes the kernel reclaim
+    synchronously in the write (oomguard's loop would block in it) and, without swap, throttle
+    everything the group does, including the exit of a sidecar being evicted. At its current
+    usage the group is pinned: it keeps what it holds and every further page raises the event.
+    Never above ``cap``. The primary's cgroup and its ancestors never appear here.
+    """
+    out: dict[str, int | None] = {}
+    for group in groups:
+        shares = [
+            slack // len(room.groups)
+            for room in rooms
+            if group.name in room.groups and (slack := room.slack) is not None
+        ]
+        high = group.current + min(shares) if shares else None
+        if high is not None:
+            high = max(high // PAGE * PAGE, -(-group.current // PAGE) * PAGE)
+        if group.cap is not None and (high is None or high >= group.cap):
+            high = group.cap
+        out[group.name] = high
+    return out
+
+
+@dataclass(frozen=True)
+class FollowReading:
+    """The rooms' usage at one sample, to measure how fast they grow."""
+
+    at: float
+    usage: Mapping[str, int]
+
+
+def follow_interval(
+    rooms: Sequence[Room],
+    sample_interval: float,
+    now: float,
+    previous: FollowReading | None = None,
+) -> float:
+    """Seconds until the next sample of the rooms (the primary's growth raises no sidecar
+    event, so it is watched by sampling). ``FOLLOW_IDLE`` when every room is at least
+    ``FOLLOW_FAR`` above its threshold, ``sample_interval`` at or below it, linear in between;
+    and, when a room grew since ``previous``, no more than a third of the time it would take at
+    that rate to reach its threshold (a fast leak is sampled fast)."""
+    interval = FOLLOW_IDLE
+    for room in rooms:
+        margin = room.margin
+        if margin is None:
+            continue
+        if margin <= 0:
+            interval = sample_interval
+            break
+        span = FOLLOW_IDLE - sample_interval
+        interval = min(interval, sample_interval + span * min(1.0, margin / FOLLOW_FAR))
+        before = previous.usage.get(room.name) if previous is not None else None
+        slack = room.slack
+        if before is not None and previous is not None and slack is not None:
+            elapsed = now - previous.at
+            grown = room.usage - before
+            if elapsed > 0 and grown > 0:
+                interval = min(interval, slack / (grown / elapsed) / 3)
+    return max(sample_interval, min(FOLLOW_IDLE, interval))

@@ -6,9 +6,11 @@ service, so it is handled apart from the others).
 * ``restart_order(names, criticality, primary)``: least critical first, ties by name, the
   primary last. When several services must be restarted together, the cheap ones go first and
   the primary gets the memory that is left once they have settled.
-* ``eviction_order(candidates)``: least critical first; among equals the largest
-  ``memory.current`` first, since evicting it frees the most memory for the same loss of
-  function; then by name, so the order is deterministic. The caller filters the candidates
+* ``eviction_order(candidates)``: least critical first; among equals the biggest swap user
+  first (``swap``, memory.swap.current, where a candidate has it: its pages are the ones the
+  budget thrashes on, and swap is counted in headroom), then the largest ``memory.current``,
+  since evicting it frees the most memory for the same loss of function; then by name, so the
+  order is deterministic. The caller filters the candidates
   (running, evictable, not the primary): this module only orders them.
 """
 
@@ -50,5 +52,9 @@ def restart_order(names: Iterable[str], criticality: Mapping[str, int], primary:
 
 
 def eviction_order(candidates: Iterable[R]) -> list[R]:
-    """Least critical first; among equals the largest memory.current first; then by name."""
-    return sorted(candidates, key=lambda c: (c.criticality, -c.current, c.name))
+    """Least critical first; among equals the biggest swap user, then the largest
+    memory.current first; then by name. A candidate without a ``swap`` attribute uses none."""
+    return sorted(
+        candidates,
+        key=lambda c: (c.criticality, -int(getattr(c, "swap", 0)), -c.current, c.name),
+    )

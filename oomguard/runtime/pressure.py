@@ -36,6 +36,7 @@ import select
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from oomguard.cgroup.parse import parse_meminfo
 from oomguard.errors import OomguardError, Vanished
 from oomguard.events.psi import PsiTrigger
 from oomguard.policy import pressure as pp
@@ -75,6 +76,41 @@ class Budget:
     psi_rebase: bool = False
 
 
+@dataclass(eq=False)
+class Group:
+    """A sidecar group (`pp.Group`): its cgroup, the highest memory.high it may get, the
+    ``[slice]``s it lies in, and the memory.high oomguard wrote last (None: none yet)."""
+
+    name: str
+    cgroup: CgroupPath
+    cap: int | None
+    slices: tuple[str, ...]
+    written: int | None = None
+
+
+@dataclass(frozen=True)
+class RoomSpec:
+    """A budget the primary lives in (`pp.Room`), and the sidecar groups inside it."""
+
+    name: str
+    cgroup: CgroupPath
+    headroom_min: float
+    groups: tuple[str, ...]
+
+
+#: The machine's memory figures, for a tree with no memory.max above it.
+MEMINFO = "/proc/meminfo"
+
+
+def _meminfo() -> dict[str, int]:
+    """/proc/meminfo in bytes; {} if unreadable (then no machine budget and no swap)."""
+    try:
+        with open(MEMINFO, encoding="ascii", errors="replace") as f:
+            return parse_meminfo(f.read(65536))
+    except (OSError, OomguardError):
+        return {}
+
+
 #: PSI's avg10 is an exponentially weighted average over ~10 s: a reading older than this says
 #: nothing that avg10 does not.
 PSI_AVG_WINDOW = 10.0
@@ -100,6 +136,13 @@ class PressureResponse:
         self.sup: Supervisor | None = None
         self.budgets: dict[str, Budget] = {}
         self.restart_pending: dict[str, float] = {}
+        #: The sidecar groups that get an automatic memory.high, and the rooms it follows.
+        self.groups: dict[str, Group] = {}
+        self.rooms: list[RoomSpec] = []
+        #: When to sample the rooms next (None: no sidecar group, never).
+        self.follow_at: float | None = None
+        self.follow_last: float | None = None
+        self.follow_prev: pp.FollowReading | None = None
 
     # -- Extension ----------------------------------------------------------------------------
 
@@ -111,6 +154,8 @@ class PressureResponse:
             sup.log.warn("pressure", response="off", reason="no slice tree (degraded mode)")
             return
         paths = sup.built.paths
+        primary_chain = cfg.slice_chain(cfg.primary_name)
+        caps: dict[str, int | None] = {}
         for name, scfg in cfg.slice.items():
             members = tuple(
                 s for s in cfg.service if name in cfg.slice_chain(s) and s in sup.services
@@ -118,8 +163,12 @@ class PressureResponse:
             if not members:
                 continue
             th = _thresholds(cfg.pressure_for(name))
-            self._auto_high(paths[name], scfg.memory_max, scfg.memory_high, th)
+            if name not in primary_chain:
+                # Never on a slice the primary lives in: its memory.high would throttle the
+                # primary (that slice is a `Room`; the sidecar groups in it get the highs).
+                caps[name] = self._auto_high(paths[name], scfg.memory_max, scfg.memory_high, th)
             self._add(Budget(name, paths[name], members, th))
+        self._setup_follow(caps)
         all_members = tuple(sup.services)
         self._add(
             Budget(TREE_BUDGET, sup.built.root, all_members, _thresholds(cfg.oomguard.pressure))
@@ -145,6 +194,8 @@ class PressureResponse:
 
     def deadline(self) -> float | None:
         due = [b.next_at for b in self.budgets.values() if b.next_at is not None]
+        if self.follow_at is not None:
+            due.append(self.follow_at)
         return min(due) if due else None
 
     def on_ready(self, value: Any, mask: int) -> None:
@@ -169,11 +220,24 @@ class PressureResponse:
                     continue
                 budget.high_delta += rise
                 self._evaluate(budget, "memory.events")
+        if self.follow_at is not None and any(
+            path == g.cgroup or path.is_relative_to(g.cgroup) for g in self.groups.values()
+        ):
+            # A sidecar group reached its automatic memory.high. If the budgets above were not
+            # pressured (evaluated just now), the room may still be fine: recompute the highs
+            # (raising them), at most once per sample_interval (a throttled leaker raises
+            # `high` up to 100 times a second).
+            soonest = (self.follow_last or 0.0) + self._follow_sample_interval()
+            self.follow_at = min(self.follow_at, soonest)
 
     def tick(self, now: float) -> None:
         for budget in self.budgets.values():
             if budget.next_at is not None and budget.next_at <= now:
                 self._evaluate(budget, "sample")
+        if self.sup is not None and self.sup.shutdown is not None:
+            self.follow_at = None  # stopping: the highs no longer matter, and no more wake-ups
+        elif self.follow_at is not None and self.follow_at <= now:
+            self._follow()
 
     def after_turn(self) -> None:
         sup = self.sup
@@ -227,32 +291,216 @@ class PressureResponse:
 
     def _auto_high(
         self, path: CgroupPath, max_: int | None, high: int | None, th: pp.Thresholds
-    ) -> None:
+    ) -> int | None:
+        """Write a sidecar slice's static automatic memory.high; return the highest value its
+        memory.high may take from now on (the user's memory_high, this one, or None)."""
         if max_ is None or high is not None:
-            return
+            return high
         sup = self.sup
         assert sup is not None
-        value = int(max_ * (1 - th.headroom_min)) // 4096 * 4096
+        value = int(max_ * (1 - th.headroom_min)) // pp.PAGE * pp.PAGE
         try:
             sup.fs.write(path, "memory.high", str(value))
         except OomguardError as err:
             sup.log.warn("auto_high_failed", slice=str(path), error=str(err))
-            return
+            return None
         sup.log.info("auto_high", slice=str(path), memory_high=format_size(value))
+        return value
 
-    def _limit(self, budget: Budget) -> int | None:
-        if budget.fixed_limit is not None:
-            return budget.fixed_limit
+    # -- the automatic memory.high of the sidecar groups (`pp.follow_highs`) ------------------
+
+    def _setup_follow(self, slice_caps: dict[str, int | None]) -> None:
+        """Find the sidecar groups (the topmost cgroup of each branch of the tree without the
+        primary) and the rooms the primary lives in (the tree, and each ``[slice]`` around it
+        with a memory_max), and arm the first sample."""
+        sup = self.sup
+        assert sup is not None and sup.built is not None
+        cfg = sup.config
+        paths = sup.built.paths
+        primary_chain = [*cfg.slice_chain(cfg.primary_name), cfg.primary_name]
+        groups: dict[str, Group] = {}
+        for name in sup.services:
+            if name == cfg.primary_name:
+                continue
+            chain = [*cfg.slice_chain(name), name]
+            top = next(n for n in chain if n not in primary_chain)
+            if top in groups:
+                continue
+            if top in cfg.slice:
+                cap = slice_caps.get(top, cfg.slice[top].memory_high)
+                inside = tuple(n for n in chain[: chain.index(top)] if n in cfg.slice)
+            else:
+                cap = cfg.service[top].memory_high
+                inside = tuple(n for n in chain[:-1] if n in cfg.slice)
+            groups[top] = Group(top, paths[top], cap, inside)
+        if not groups:
+            return
+        self.groups = groups
+        rooms = [(TREE_BUDGET, sup.built.root, cfg.oomguard.pressure.headroom_min)]
+        rooms += [
+            (n, paths[n], cfg.pressure_for(n).headroom_min)
+            for n in cfg.slice_chain(cfg.primary_name)
+            if cfg.slice[n].memory_max is not None
+        ]
+        self.rooms = [
+            RoomSpec(
+                name,
+                path,
+                hm,
+                tuple(g.name for g in groups.values() if name == TREE_BUDGET or name in g.slices),
+            )
+            for name, path, hm in rooms
+        ]
+        self.follow_at = sup.now
+        sup.log.info(
+            "auto_high",
+            groups=",".join(groups),
+            rooms=",".join(r.name for r in self.rooms),
+            follows="primary",
+        )
+
+    def _follow(self) -> None:
+        """Sample the rooms and the sidecar groups, rewrite the groups' memory.high where it
+        changed, and arm the next sample (`pp.follow_interval`)."""
         sup = self.sup
         assert sup is not None
-        path: CgroupPath | None = budget.cgroup
+        now = sup.now
+        self.follow_last = now
+        meminfo = _meminfo()
+        rooms: list[pp.Room] = []
+        for spec in self.rooms:
+            try:
+                limit, usage = self._room_figures(spec.cgroup, meminfo, machine=True)
+            except OomguardError:
+                continue
+            rooms.append(pp.Room(spec.name, limit, usage, spec.headroom_min, spec.groups))
+        groups: list[pp.Group] = []
+        for group in self.groups.values():
+            try:
+                current = sup.fs.read_int(group.cgroup, "memory.current")
+            except OomguardError:
+                continue  # gone (being recreated): next sample
+            groups.append(pp.Group(group.name, current, group.cap))
+        for name, high in pp.follow_highs(rooms, groups).items():
+            self._write_high(self.groups[name], high)
+        self.follow_at = now + pp.follow_interval(
+            rooms, self._follow_sample_interval(), now, self.follow_prev
+        )
+        self.follow_prev = pp.FollowReading(now, {r.name: r.usage for r in rooms})
+
+    def _follow_sample_interval(self) -> float:
+        sup = self.sup
+        assert sup is not None
+        return sup.config.oomguard.pressure.sample_interval
+
+    def _write_high(self, group: Group, high: int | None) -> None:
+        sup = self.sup
+        assert sup is not None
+        try:
+            now_high = sup.fs.read_limit(group.cgroup, "memory.high")
+        except OomguardError:
+            return
+        if high == now_high or (high is None and group.written is None):
+            return  # unchanged, or "max" that we never lowered
+        try:
+            sup.fs.write(group.cgroup, "memory.high", "max" if high is None else str(high))
+        except OomguardError as err:
+            sup.log.warn("auto_high_failed", slice=str(group.cgroup), error=str(err))
+            return
+        first = group.written is None
+        group.written = high
+        log = sup.log.info if first else sup.log.debug
+        log(
+            "auto_high",
+            slice=str(group.cgroup),
+            memory_high=format_size(high) if high is not None else "max",
+        )
+
+    def _room_figures(
+        self, cgroup: CgroupPath, meminfo: dict[str, int], *, machine: bool
+    ) -> tuple[int | None, int]:
+        """(limit, usage) of the budget at `cgroup`: the nearest memory.max at or above it,
+        judged on the unreclaimable usage (`_usage`) *of the cgroup that has the limit* (an
+        ancestor's limit is shared with whatever else runs under it), swap counted where it
+        exists (`pp.with_swap`). With no memory.max anywhere above and ``machine``: the
+        machine's memory (`pp.machine_budget`). Raises `Vanished` if `cgroup` is gone."""
+        sup = self.sup
+        assert sup is not None
+        where, limit = self._nearest_max(cgroup)
+        if where is None or limit is None:
+            figures = pp.machine_budget(meminfo) if machine else None
+            if figures is not None:
+                return figures
+            return None, self._usage(cgroup)
+        usage = self._usage(where)
+        swap_total = meminfo.get("SwapTotal", 0)
+        if swap_total <= 0:
+            return limit, usage
+        return pp.with_swap(
+            limit,
+            usage,
+            swap_max=self._nearest_swap_max(where),
+            swap_current=self._swap(where),
+            swap_total=swap_total,
+        )
+
+    def _nearest_max(self, cgroup: CgroupPath) -> tuple[CgroupPath | None, int | None]:
+        sup = self.sup
+        assert sup is not None
+        path: CgroupPath | None = cgroup
         while path is not None and not path.is_root:
             with contextlib.suppress(OomguardError):
                 value = sup.fs.read_limit(path, "memory.max")
                 if value is not None:
-                    return value
+                    return path, value
             path = path.parent
-        return None
+        return None, None
+
+    def _nearest_swap_max(self, cgroup: CgroupPath) -> int | None:
+        sup = self.sup
+        assert sup is not None
+        path: CgroupPath | None = cgroup
+        best: int | None = None
+        while path is not None and not path.is_root:
+            with contextlib.suppress(OomguardError):
+                text = sup.fs.read_optional(path, "memory.swap.max")
+                value = None if text is None or text.strip() == "max" else int(text)
+                if value is not None and (best is None or value < best):
+                    best = value
+            path = path.parent
+        return best
+
+    def _swap(self, cgroup: CgroupPath) -> int:
+        """memory.swap.current, 0 where the file is missing (no swap accounting) or unreadable."""
+        sup = self.sup
+        assert sup is not None
+        try:
+            text = sup.fs.read_optional(cgroup, "memory.swap.current")
+        except OomguardError:
+            return 0
+        return int(text) if text is not None and text.strip().isdigit() else 0
+
+    def _budget_figures(self, budget: Budget, meminfo: dict[str, int]) -> tuple[int | None, int]:
+        """(limit, usage) of a budget. The primary's watermark: the fixed watermark against the
+        primary's usage. The tree: `_room_figures`, down to the machine's memory when nothing
+        above has a limit. A ``[slice]``: the nearest memory.max at or above it (swap counted)
+        against the slice's own usage."""
+        if budget.fixed_limit is not None:
+            return budget.fixed_limit, self._usage(budget.cgroup)
+        if budget.name == TREE_BUDGET:
+            return self._room_figures(budget.cgroup, meminfo, machine=True)
+        usage = self._usage(budget.cgroup)
+        where, limit = self._nearest_max(budget.cgroup)
+        swap_total = meminfo.get("SwapTotal", 0)
+        if where is None or limit is None or swap_total <= 0:
+            return limit, usage
+        return pp.with_swap(
+            limit,
+            usage,
+            swap_max=self._nearest_swap_max(budget.cgroup),
+            swap_current=self._swap(budget.cgroup),
+            swap_total=swap_total,
+        )
 
     def _usage(self, path: CgroupPath) -> int:
         """What `path` holds that reclaim cannot take back without swap: memory.current minus
@@ -347,7 +595,7 @@ class PressureResponse:
                 return name
         return None
 
-    def _member(self, svc: Service) -> pp.Member:
+    def _member(self, svc: Service, swap_on: bool) -> pp.Member:
         running = svc.rec.state in (rp.State.RUNNING, rp.State.STARTING) and svc.child is not None
         return pp.Member(
             name=svc.name,
@@ -356,6 +604,7 @@ class PressureResponse:
             running=running,
             evictable=svc.cfg.evictable and not svc.is_primary,
             is_primary=svc.is_primary,
+            swap=self._swap(svc.cgroup) if swap_on else 0,
         )
 
     def _evaluate(self, budget: Budget, why: str) -> None:
@@ -375,8 +624,10 @@ class PressureResponse:
             budget.psi_rebase = True
             return
         psi: Pressure | None
+        meminfo = _meminfo()
+        swap_on = meminfo.get("SwapTotal", 0) > 0
         try:
-            current = self._usage(budget.cgroup)
+            limit, current = self._budget_figures(budget, meminfo)
             psi = sup.fs.read_pressure(budget.cgroup)
         except Vanished:
             return
@@ -385,13 +636,13 @@ class PressureResponse:
         sample = pp.BudgetSample(
             name=budget.name,
             current=current,
-            limit=self._limit(budget),
+            limit=limit,
             high_delta=budget.high_delta,
             psi_some_avg10=(
                 self._stall(budget, psi.some.avg10, psi.some.total_us) if psi is not None else None
             ),
             psi_fired=budget.psi_fired,
-            members=tuple(self._member(sup.services[m]) for m in budget.members),
+            members=tuple(self._member(sup.services[m], swap_on) for m in budget.members),
         )
         budget.high_delta = 0
         budget.psi_fired = False

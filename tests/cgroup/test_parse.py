@@ -12,6 +12,7 @@ from oomguard.cgroup.parse import (
     parse_flat_keyed,
     parse_int,
     parse_limit,
+    parse_meminfo,
     parse_pressure,
     parse_procs,
 )
@@ -297,3 +298,18 @@ def test_psi_records_are_immutable_values() -> None:
             assert avg10 == 0.12
         case _:
             pytest.fail("positional match on Pressure/PsiLine failed")
+
+
+def test_parse_meminfo_converts_kb_to_bytes_and_keeps_counts() -> None:
+    text = "MemTotal:        1000 kB\nMemAvailable:     250 kB\nHugePages_Total:       0\n"
+    assert parse_meminfo(text) == {
+        "MemTotal": 1024000,
+        "MemAvailable": 256000,
+        "HugePages_Total": 0,
+    }
+
+
+@pytest.mark.parametrize("line", ["MemTotal 1000 kB", "MemTotal: x kB", "MemTotal: 1 MB", ":1"])
+def test_parse_meminfo_rejects_malformed_lines(line: str) -> None:
+    with pytest.raises(CgroupParseError):
+        parse_meminfo(line)

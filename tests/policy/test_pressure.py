@@ -7,21 +7,30 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from oomguard.policy.pressure import (
+    FOLLOW_IDLE,
+    PAGE,
     BudgetSample,
     ControlledRestart,
     Evict,
+    FollowReading,
+    Group,
     Level,
     Member,
     PressureAction,
     PressureState,
     PrimarySample,
     Restore,
+    Room,
     Thresholds,
     WouldDo,
     classify,
     evaluate,
+    follow_highs,
+    follow_interval,
     headroom,
+    machine_budget,
     next_sample_at,
+    with_swap,
 )
 
 MiB = 1 << 20
@@ -397,3 +406,110 @@ def test_invariants_over_random_readings(
         assert list(state.evicted) == stack
         idle = state.pressured_since is None and not state.evicted
         assert (next_sample_at(state, T, now) is None) == idle
+
+
+# -- the automatic memory.high of the sidecar groups, and budgets without a cgroup limit --------
+
+
+def test_follow_highs_split_the_slack_evenly_above_each_groups_usage() -> None:
+    # 1000M limit, 10% headroom: the room may grow to 900M; 600M used, so 300M of slack.
+    room = Room("tree", 1000 * MiB, 600 * MiB, 0.10, ("a", "b", "c"))
+    highs = follow_highs(room_list(room), [Group("a", 10 * MiB), Group("b", 50 * MiB)])
+    assert highs == {"a": 110 * MiB, "b": 150 * MiB}
+
+
+def room_list(*rooms: Room) -> list[Room]:
+    return list(rooms)
+
+
+def test_follow_highs_pin_a_group_at_its_usage_once_the_room_is_gone() -> None:
+    # Below the threshold: a negative share, but never below what the group holds (a write
+    # below memory.current would reclaim synchronously in oomguard's loop).
+    room = Room("tree", 1000 * MiB, 950 * MiB, 0.10, ("a",))
+    current = 80 * MiB + 123
+    assert follow_highs([room], [Group("a", current)]) == {"a": 80 * MiB + PAGE}
+
+
+def test_follow_highs_follow_the_primarys_growth() -> None:
+    """The primary's growth shows only in the room's usage: the sidecar's high comes down."""
+    group = [Group("sidecars", 40 * MiB)]
+    before = follow_highs([Room("tree", 300 * MiB, 150 * MiB, 0.1, ("sidecars",))], group)
+    after = follow_highs([Room("tree", 300 * MiB, 250 * MiB, 0.1, ("sidecars",))], group)
+    assert after["sidecars"] is not None and before["sidecars"] is not None
+    assert after["sidecars"] < before["sidecars"]
+    assert after["sidecars"] == 40 * MiB + (int(300 * MiB * 0.9) - 250 * MiB) // PAGE * PAGE
+
+
+def test_follow_highs_take_the_tightest_room_and_respect_the_cap() -> None:
+    tree = Room("tree", 2000 * MiB, 100 * MiB, 0.10, ("a", "b"))  # huge slack
+    main = Room("main", 400 * MiB, 300 * MiB, 0.10, ("a",))  # 60M slack, only "a" inside
+    highs = follow_highs([tree, main], [Group("a", 20 * MiB), Group("b", 20 * MiB, cap=100 * MiB)])
+    assert highs == {"a": 80 * MiB, "b": 100 * MiB}
+
+
+def test_follow_highs_without_any_limit_leave_max_or_the_cap() -> None:
+    room = Room("tree", None, 100 * MiB, 0.10, ("a", "b"))
+    got = follow_highs([room], [Group("a", MiB), Group("b", MiB, cap=64 * MiB)])
+    assert got == {"a": None, "b": 64 * MiB}
+
+
+@given(
+    limit=st.integers(1, 1 << 40),
+    usage=st.integers(0, 1 << 41),
+    currents=st.lists(st.integers(0, 1 << 40), min_size=1, max_size=5),
+    hm=st.floats(0.0, 1.0),
+)
+def test_follow_highs_are_page_aligned_and_never_below_usage(
+    limit: int, usage: int, currents: list[int], hm: float
+) -> None:
+    names = tuple(f"g{i}" for i in range(len(currents)))
+    room = Room("tree", limit, usage, hm, names)
+    highs = follow_highs([room], [Group(n, c) for n, c in zip(names, currents, strict=True)])
+    for name, current in zip(names, currents, strict=True):
+        high = highs[name]
+        assert high is not None and high % PAGE == 0 and high >= current
+
+
+def test_follow_interval_is_slow_far_from_the_threshold_and_fast_near_it() -> None:
+    far = Room("tree", 1000 * MiB, 300 * MiB, 0.10, ("a",))
+    near = Room("tree", 1000 * MiB, 880 * MiB, 0.10, ("a",))
+    below = Room("tree", 1000 * MiB, 950 * MiB, 0.10, ("a",))
+    assert follow_interval([far], 1.0, now=0.0) == FOLLOW_IDLE
+    assert 1.0 < follow_interval([near], 1.0, now=0.0) < FOLLOW_IDLE / 2
+    assert follow_interval([below], 1.0, now=0.0) == 1.0
+    assert follow_interval([Room("tree", None, 0, 0.1, ())], 1.0, now=0.0) == FOLLOW_IDLE
+
+
+def test_follow_interval_shrinks_with_the_growth_rate() -> None:
+    # 600M used of a 900M threshold, growing 100M/s: 3 s to go, so sample within 1 s.
+    room = Room("tree", 1000 * MiB, 600 * MiB, 0.10, ("a",))
+    prev = FollowReading(at=9.0, usage={"tree": 500 * MiB})
+    assert follow_interval([room], 0.5, now=10.0) == FOLLOW_IDLE
+    assert follow_interval([room], 0.5, now=10.0, previous=prev) == pytest.approx(1.0)
+
+
+def test_machine_budget_is_memavailable_accounting_with_swap_counted() -> None:
+    info = {"MemTotal": 1000 * MiB, "MemAvailable": 300 * MiB, "SwapTotal": 0, "SwapFree": 0}
+    assert machine_budget(info) == (1000 * MiB, 700 * MiB)
+    info |= {"SwapTotal": 500 * MiB, "SwapFree": 400 * MiB}
+    assert machine_budget(info) == (1500 * MiB, 800 * MiB)
+    assert machine_budget({"MemTotal": 1000 * MiB}) is None  # no MemAvailable: kernel < 3.14
+
+
+def test_with_swap_adds_the_swap_allowance_and_the_swapped_usage() -> None:
+    assert with_swap(300, 100, swap_max=None, swap_current=50, swap_total=0) == (300, 100)
+    assert with_swap(300, 100, swap_max=None, swap_current=50, swap_total=1000) == (1300, 150)
+    assert with_swap(300, 100, swap_max=200, swap_current=50, swap_total=1000) == (500, 150)
+
+
+def test_among_equals_the_biggest_swap_user_is_evicted_first() -> None:
+    a = Member("a", criticality=10, current=200 * MiB, running=True, evictable=True, swap=0)
+    b = Member("b", criticality=10, current=50 * MiB, running=True, evictable=True, swap=MiB)
+    c = Member("c", criticality=5, current=MiB, running=True, evictable=True, swap=0)
+    s = sample(current=950 * MiB, high_delta=1, members=(DB, a, b))
+    _, actions = evaluate(PressureState(), s, T, now=0.0)
+    assert names(actions) == ["b"]
+    # Criticality still comes first.
+    s = sample(current=950 * MiB, high_delta=1, members=(DB, a, b, c))
+    _, actions = evaluate(PressureState(), s, T, now=0.0)
+    assert names(actions) == ["c"]
