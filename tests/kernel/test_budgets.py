@@ -137,10 +137,16 @@ def evict_and_settle(og: Oomguard, beat: Path, *, go: Path | None = None) -> dic
     """Run the scenario until the leak is evicted and gone; return what the kernel says."""
     pids = og.wait_running("db", "leaky", "steady")
     wait_beating(og, beat, pids["db"])
+    running = time.monotonic()
     if go is not None:
         go.touch()
     og.wait_event("evict", "leaky", where=lambda e: "budget" not in e, timeout=180)
+    evicted = time.monotonic()
     time.sleep(1.0)  # a few more heartbeats, and any late kernel event
+    print(
+        f"timing: start->running {running - og.started:.1f}s, "
+        f"running->evicted {evicted - running:.1f}s"
+    )
     return {
         "pids": pids,
         "tree": tree_events(og),

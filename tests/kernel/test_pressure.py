@@ -14,6 +14,7 @@ hysteresis and cool-down (``fast_pressure``) so an evict -> clear -> restore cyc
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from dataclasses import dataclass
@@ -41,11 +42,13 @@ from tests.kernel.pressure_support import (
     workload,
 )
 from tests.kernel.support import (
+    REPO,
     MiB,
     Oomguard,
     assert_no_traceback,
     cg_write,
     counter_events,
+    flat_keyed,
     heartbeats,
     max_gap,
     procs,
@@ -411,6 +414,66 @@ def test_primary_over_its_watermark_is_restarted_gracefully_when_no_sidecar_is_l
     assert running["pid"] == new_pid and running["downtime"] > 0, running
     assert "primary_back" in output and "downtime=" in output, output
     assert {p for _, p in heartbeats(beat)} == {pids["db"], new_pid}
+
+
+def test_primary_reading_a_file_larger_than_its_memory_high_is_left_alone(
+    cgroup2_mount: Path, scratch_cgroup: Path, tmp_path: Path
+) -> None:
+    """The page cache of a file the primary reads fills its cgroup up to memory_high (its
+    watermark) and raises ``high`` again and again; the usage oomguard judges leaves the file
+    cache out, so that is neither a reason to restart the primary nor to evict a sidecar."""
+    big = REPO / ".ktest" / f"bigread-{secrets.token_hex(4)}"
+    big.parent.mkdir(exist_ok=True)
+    chunk = b"\x5a" * MiB
+    fd = os.open(big, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        for _ in range(192):
+            os.write(fd, chunk)
+        os.fsync(fd)
+        # Out of the page cache, so the primary's reads charge it to the primary's cgroup.
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    beat = tmp_path / "heartbeat"
+    db = primary(beat, memory_high="64M", env={"FAKEDB_MB": "32"})
+    # The reader runs beside fakedb in the primary's cgroup, for as long as fakedb does ($$ is
+    # the shell that then becomes fakedb).
+    fakedb = " ".join(workload("fakedb"))
+    reader = f'( while kill -0 $$ 2>/dev/null; do cat "{big}" > /dev/null; done ) &'
+    db["command"] = ["/bin/sh", "-c", f"{reader} exec {fakedb}"]
+    config = {
+        "oomguard": {"pressure": fast_pressure()},
+        "service": {
+            "db": db,
+            "steady": {
+                "command": workload("steady"),
+                "start_secs": "0.5s",
+                "env": {"STEADY_MB": "8"},
+            },
+        },
+    }
+    try:
+        with start_run(tmp_path, cgroup2_mount, scratch_cgroup, config) as og:
+            pids = og.wait_running("db", "steady")
+            wait_beating(og, beat, pids["db"])
+            db_events = og.cgroup("db") / "memory.events"
+            og.wait_for(lambda: flat_keyed(db_events)["high"] > 0, "the page cache at memory_high")
+            time.sleep(8.0)  # several full reads of the file, each throttled at memory_high
+            highs = flat_keyed(db_events)["high"]
+            kernel = tree_events(og)
+            code = og.stop()
+            output = og.output()
+    finally:
+        big.unlink(missing_ok=True)
+
+    assert_no_traceback(output)
+    assert code == 0, output
+    assert highs > 0 and kernel["oom_kill"] == 0, (highs, kernel)
+    assert decisions(og) == [], decisions(og)
+    assert og.events("controlled_restart") == []
+    assert spawned_pids(og, "db") == [pids["db"]]
+    assert spawned_pids(og, "steady") == [pids["steady"]]
+    assert {p for _, p in heartbeats(beat)} == {pids["db"]}
 
 
 # -- acceptance 6: idle means asleep in epoll_wait -------------------------------------------------
