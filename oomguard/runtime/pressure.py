@@ -318,9 +318,18 @@ class PressureResponse:
         cfg = sup.config
         paths = sup.built.paths
         primary_chain = [*cfg.slice_chain(cfg.primary_name), cfg.primary_name]
+        if cfg.oomguard.mode == "observe":
+            # These highs throttle: a leak pinned at one is held there until it is evicted.
+            # Observe mode evicts nothing, so it would hold the leak for good where the kernel
+            # would have OOM-killed and restarted it: not "changes nothing".
+            sup.log.info("auto_high", groups="-", reason="observe mode")
+            return
         groups: dict[str, Group] = {}
         for name in sup.services:
-            if name == cfg.primary_name:
+            if name == cfg.primary_name or not cfg.service[name].evictable:
+                # A group of services oomguard never evicts gets no high either: pinned at
+                # it, a leak there would be throttled for good instead of being OOM-killed
+                # (and restarted) at the kernel's limit.
                 continue
             chain = [*cfg.slice_chain(name), name]
             top = next(n for n in chain if n not in primary_chain)
