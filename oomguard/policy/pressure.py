@@ -1,7 +1,8 @@
 """Graduated response to memory pressure, per budget. Pure: samples in, actions out.
 
 A *budget* is a shared slice (e.g. ``sidecars``) or the whole tree; its ``limit`` is the nearest
-memory.max at or above it. The supervisor samples it when woken (an inotify IN_MODIFY on
+memory.max at or above it, for the tree else the machine's memory (`machine_budget`), with swap
+counted where it exists (`with_swap`). The supervisor samples it when woken (an inotify IN_MODIFY on
 memory.events, a PSI trigger, or the ``next_sample_at`` timer) and calls ``evaluate``.
 
 The pressure rule (``classify``)::
@@ -50,9 +51,14 @@ Actions, at most one per ``cooldown`` (a change needs time to show in the figure
 advances exactly as if the actions had been carried out, so the log shows the sequence oomguard
 would follow (the figures, of course, do not improve).
 
-``next_sample_at`` returns None when nothing is pressured and nothing is evicted: idle means no
-polling at all, since inotify on memory.events and PSI triggers wake the supervisor. Otherwise
-it asks for a sample every ``sample_interval`` seconds, to see pressure persist or clear.
+``next_sample_at`` returns None when nothing is pressured and nothing is evicted: inotify on
+memory.events and PSI triggers wake the supervisor. Otherwise it asks for a sample every
+``sample_interval`` seconds, to see pressure persist or clear.
+
+The early signal of budgets without a memory.high of their own (`follow_highs`): each sidecar
+group gets a memory.high that follows the room left in the budgets around the primary (the
+primary itself never gets one), so the kernel raises ``high`` when the room runs out; the
+rooms are sampled at `follow_interval` because the primary's growth raises no sidecar event.
 """
 
 from __future__ import annotations

@@ -4,13 +4,14 @@ Budgets (each evaluated by the pure `policy.pressure.evaluate`):
 
 * every ``[slice.X]``: members are the services inside it;
 * the whole tree: members are all services; its limit is the nearest memory.max at or above
-  the tree root (``[oomguard] memory_max``, else a container's or systemd slice's limit);
+  the tree root (``[oomguard] memory_max``, else a container's or systemd slice's limit, judged
+  on *that* cgroup's usage), else the machine's memory (/proc/meminfo);
 * the primary's watermark: a synthetic budget whose "limit" is the primary's watermark
   (``watermark``, default its ``memory_high``), members all services. When the primary sits at
   its watermark, sidecars are evicted first; only when none is left is the primary restarted
   in a controlled way (stop signal, wait, start), never killed.
 
-Signals, all event-driven, so an idle oomguard makes no wake-ups:
+Signals, event-driven but for one slow sample of the rooms (~0.1 wake-ups/s when idle):
 
 * ``high``/``max`` rises of memory.events.local anywhere in a budget (inotify, via the
   supervisor): a cgroup went above memory.high and was sent into reclaim: the earliest cheap
@@ -18,15 +19,30 @@ Signals, all event-driven, so an idle oomguard makes no wake-ups:
 * a PSI trigger per budget on memory.pressure (EPOLLPRI only: the fd is always readable);
   the policy's ``psi_some_avg10`` is avg10 capped by the stall rate since the previous reading
   (`_stall`: avg10 lags ~10 s behind an eviction that ended the stall);
-* headroom (the budget's *unreclaimable* usage against the limit, `_usage`) is read only while a
-  budget is pressured or has evictions outstanding, every ``sample_interval`` (default 1 s,
-  minimum 1 s).
+* headroom (the budget's *unreclaimable* usage against the limit, `_usage`) is read every
+  ``sample_interval`` (default 1 s, minimum 1 s) while a budget is pressured or has evictions
+  outstanding; the rooms around the primary are sampled adaptively, from every 10 s when idle
+  (see below).
 
-Why oomguard sets memory.high on slice budgets (``auto_high``): a budget with only memory.max
-gives no kernel signal until it *hits* the max, and without swap the OOM kill follows within
-milliseconds. With memory.high at ``memory_max * (1 - headroom_min)`` the kernel raises ``high``
-exactly when headroom drops below the threshold, and throttles the growing sidecars while
-oomguard evicts one: the event replaces polling. A budget whose config sets memory_high keeps it.
+Why oomguard sets memory.high (``auto_high``), and where: a budget with only memory.max (or no
+limit at all) gives no kernel signal until it *hits* the max, and without swap the OOM kill
+follows within milliseconds. memory.high is the early signal: the kernel raises ``high`` and
+throttles the grower instead of killing. It is never written on the primary's cgroup or a
+cgroup the primary lives under (the tree root, a slice around the primary): it would throttle
+the primary. Instead:
+
+* a sidecar ``[slice]`` with only memory_max gets ``memory_max * (1 - headroom_min)``;
+* every *sidecar group* (the topmost cgroup of each branch without the primary: a sidecar
+  slice, or a loose sidecar service) gets a high that follows the room left in each budget
+  around the primary (`pp.follow_highs`: the tree, whose limit is its memory.max, else the
+  nearest ancestor's, else the machine's memory; and any [slice] around the primary with a
+  memory_max). The rooms are sampled adaptively (`pp.follow_interval`: ~10 s far from the
+  threshold, ``sample_interval`` near it) since the primary's growth raises no sidecar event,
+  and recomputed at once when a group reaches its high. Not in observe mode (a pinned leak
+  would be held for good), and not on groups with nothing evictable.
+
+A budget whose config sets memory_high keeps it as a cap. Headroom counts swap where it exists
+(`pp.with_swap`, `pp.machine_budget`).
 """
 
 from __future__ import annotations
