@@ -9,7 +9,8 @@ The pressure rule (``classify``)::
 
     low       = limit is set and (limit - current) / limit < headroom_min
     psi_high  = psi some avg10 > psi_some_avg10
-    PRESSURED = (low and (high_delta > 0 or psi_fired)) or psi_high
+    over      = limit is set and current > limit   (only the watermark allows it)
+    PRESSURED = (low and (high_delta > 0 or psi_fired)) or over or psi_high
     CLEAR     = not low and not psi_high and not psi_fired
     otherwise NEUTRAL: no eviction, no restore, no polling
 
@@ -213,6 +214,11 @@ def classify(sample: BudgetSample, thresholds: Thresholds) -> tuple[Level, str]:
         signals.append("high")
     if low and sample.psi_fired:
         signals.append("psi_trigger")
+    if not signals and room is not None and room < 0:
+        # Unreclaimable usage above the limit itself. A kernel-enforced limit cannot be
+        # overshot like this; the primary's watermark can (it may have no memory.high, or not
+        # at the watermark), and then a sample is all the evidence there will be.
+        signals.append("over")
     if signals:
         signals.insert(0, "headroom")
     if psi_high:

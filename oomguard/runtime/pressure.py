@@ -112,6 +112,8 @@ class RoomSpec:
     cgroup: CgroupPath
     headroom_min: float
     groups: tuple[str, ...]
+    #: The primary's watermark: a fixed limit against the primary's own usage.
+    fixed_limit: int | None = None
 
 
 #: The machine's memory figures, for a tree with no memory.max above it.
@@ -328,18 +330,59 @@ class PressureResponse:
     def _setup_follow(self, slice_caps: dict[str, int | None]) -> None:
         """Find the sidecar groups (the topmost cgroup of each branch of the tree without the
         primary) and the rooms the primary lives in (the tree, and each ``[slice]`` around it
-        with a memory_max), and arm the first sample."""
+        with a memory_max, and a watermark with no memory.high at it), and arm the first
+        sample."""
         sup = self.sup
         assert sup is not None and sup.built is not None
         cfg = sup.config
         paths = sup.built.paths
-        primary_chain = [*cfg.slice_chain(cfg.primary_name), cfg.primary_name]
+        groups = self._groups(slice_caps)
+        self.groups = groups
+        rooms = [(TREE_BUDGET, sup.built.root, cfg.oomguard.pressure.headroom_min)]
+        rooms += [
+            (n, paths[n], cfg.pressure_for(n).headroom_min)
+            for n in cfg.slice_chain(cfg.primary_name)
+            if cfg.slice[n].memory_max is not None
+        ]
+        self.rooms = [
+            RoomSpec(
+                name,
+                path,
+                hm,
+                tuple(g.name for g in groups.values() if name == TREE_BUDGET or name in g.slices),
+            )
+            for name, path, hm in rooms
+        ]
+        if not groups:
+            self.rooms = []
+        watermark = cfg.primary.watermark
+        if watermark is not None and cfg.primary.memory_high != watermark:
+            # A watermark with no memory.high at it gives no kernel event when the primary
+            # crosses it: sample it like a room (with no groups: it sets no highs).
+            hm = cfg.pressure_for(cfg.primary_name).headroom_min
+            self.rooms.append(
+                RoomSpec(PRIMARY_BUDGET, paths[cfg.primary_name], hm, (), fixed_limit=watermark)
+            )
+        if not self.rooms:
+            return
+        self.follow_at = sup.now
+        sup.log.info(
+            "auto_high",
+            groups=",".join(groups) or "-",
+            rooms=",".join(r.name for r in self.rooms),
+            follows="primary",
+        )
+
+    def _groups(self, slice_caps: dict[str, int | None]) -> dict[str, Group]:
+        sup = self.sup
+        assert sup is not None and sup.built is not None
+        cfg = sup.config
         if cfg.oomguard.mode == "observe":
             # These highs throttle: a leak pinned at one is held there until it is evicted.
             # Observe mode evicts nothing, so it would hold the leak for good where the kernel
             # would have OOM-killed and restarted it: not "changes nothing".
-            sup.log.info("auto_high", groups="-", reason="observe mode")
-            return
+            return {}
+        primary_chain = [*cfg.slice_chain(cfg.primary_name), cfg.primary_name]
         groups: dict[str, Group] = {}
         for name in sup.services:
             if name == cfg.primary_name or not cfg.service[name].evictable:
@@ -357,32 +400,8 @@ class PressureResponse:
             else:
                 cap = cfg.service[top].memory_high
                 inside = tuple(n for n in chain[:-1] if n in cfg.slice)
-            groups[top] = Group(top, paths[top], cap, inside)
-        if not groups:
-            return
-        self.groups = groups
-        rooms = [(TREE_BUDGET, sup.built.root, cfg.oomguard.pressure.headroom_min)]
-        rooms += [
-            (n, paths[n], cfg.pressure_for(n).headroom_min)
-            for n in cfg.slice_chain(cfg.primary_name)
-            if cfg.slice[n].memory_max is not None
-        ]
-        self.rooms = [
-            RoomSpec(
-                name,
-                path,
-                hm,
-                tuple(g.name for g in groups.values() if name == TREE_BUDGET or name in g.slices),
-            )
-            for name, path, hm in rooms
-        ]
-        self.follow_at = sup.now
-        sup.log.info(
-            "auto_high",
-            groups=",".join(groups),
-            rooms=",".join(r.name for r in self.rooms),
-            follows="primary",
-        )
+            groups[top] = Group(top, sup.built.paths[top], cap, inside)
+        return groups
 
     def _follow(self) -> None:
         """Sample the rooms and the sidecar groups, rewrite the groups' memory.high where it
@@ -394,8 +413,12 @@ class PressureResponse:
         meminfo = _meminfo()
         rooms: list[pp.Room] = []
         for spec in self.rooms:
+            limit: int | None
             try:
-                limit, usage = self._room_figures(spec.cgroup, meminfo, machine=True)
+                if spec.fixed_limit is not None:
+                    limit, usage = spec.fixed_limit, self._usage(spec.cgroup)
+                else:
+                    limit, usage = self._room_figures(spec.cgroup, meminfo, machine=True)
             except OomguardError:
                 continue
             rooms.append(pp.Room(spec.name, limit, usage, spec.headroom_min, spec.groups))
@@ -408,6 +431,13 @@ class PressureResponse:
             groups.append(pp.Group(group.name, current, group.cap))
         for name, high in pp.follow_highs(rooms, groups).items():
             self._write_high(self.groups[name], high)
+        for room in rooms:
+            budget = self.budgets.get(room.name)
+            margin = room.margin
+            if budget is not None and budget.next_at is None and margin is not None and margin < 0:
+                # Below the threshold with no kernel event yet (the primary grew, or something
+                # outside the tree did): judge the budget on this sample too.
+                self._evaluate(budget, "sample")
         self.follow_at = now + pp.follow_interval(
             rooms, self._follow_sample_interval(), now, self.follow_prev
         )

@@ -91,6 +91,9 @@ def names(actions: list[PressureAction]) -> list[str]:
         (sample(psi=20.0), Level.CLEAR, ""),  # at the threshold is not above it
         (sample(limit=None, psi=None, high_delta=9), Level.CLEAR, ""),
         (sample(current=1100 * MiB, high_delta=1), Level.PRESSURED, "headroom+high"),
+        # Above the limit itself (a watermark with no memory.high at it): a sample suffices.
+        (sample(current=1100 * MiB), Level.PRESSURED, "headroom+over"),
+        (sample(current=1000 * MiB), Level.NEUTRAL, ""),
     ],
 )
 def test_classify(s: BudgetSample, level: Level, reason: str) -> None:
