@@ -52,7 +52,7 @@ import select
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from oomguard.cgroup.parse import parse_meminfo
+from oomguard.cgroup.parse import parse_limit, parse_meminfo
 from oomguard.errors import OomguardError, Vanished
 from oomguard.events.psi import PsiTrigger
 from oomguard.policy import pressure as pp
@@ -60,9 +60,11 @@ from oomguard.policy import restart as rp
 from oomguard.units import format_size
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from oomguard.cgroup.parse import Pressure
     from oomguard.cgroup.path import CgroupPath
-    from oomguard.config.model import PressureConfig
+    from oomguard.config.model import Config, PressureConfig
     from oomguard.runtime.supervisor import Service, Supervisor
 
 #: Name of the synthetic budget that watches the primary's own watermark.
@@ -114,6 +116,25 @@ class RoomSpec:
     groups: tuple[str, ...]
     #: The primary's watermark: a fixed limit against the primary's own usage.
     fixed_limit: int | None = None
+
+
+def sidecar_groups(cfg: Config, services: Iterable[str]) -> dict[str, tuple[str, ...]]:
+    """The sidecar groups: for each branch of the tree that does not hold the primary, its
+    topmost slice or service, with the ``[slice]``s around it (outermost first; all of them
+    hold the primary too). Only branches with an evictable service among `services`: a group
+    oomguard never evicts from gets no automatic high (a leak pinned at it would be throttled
+    for good instead of being OOM-killed and restarted). Never the primary or a cgroup the
+    primary lives under: by construction, a group is the first element of a service's chain
+    that is not in the primary's."""
+    primary_chain = [*cfg.slice_chain(cfg.primary_name), cfg.primary_name]
+    groups: dict[str, tuple[str, ...]] = {}
+    for name in services:
+        if name == cfg.primary_name or not cfg.service[name].evictable:
+            continue
+        chain = [*cfg.slice_chain(name), name]
+        top = next(n for n in chain if n not in primary_chain)
+        groups.setdefault(top, tuple(chain[: chain.index(top)]))
+    return groups
 
 
 #: The machine's memory figures, for a tree with no memory.max above it.
@@ -382,24 +403,12 @@ class PressureResponse:
             # Observe mode evicts nothing, so it would hold the leak for good where the kernel
             # would have OOM-killed and restarted it: not "changes nothing".
             return {}
-        primary_chain = [*cfg.slice_chain(cfg.primary_name), cfg.primary_name]
         groups: dict[str, Group] = {}
-        for name in sup.services:
-            if name == cfg.primary_name or not cfg.service[name].evictable:
-                # A group of services oomguard never evicts gets no high either: pinned at
-                # it, a leak there would be throttled for good instead of being OOM-killed
-                # (and restarted) at the kernel's limit.
-                continue
-            chain = [*cfg.slice_chain(name), name]
-            top = next(n for n in chain if n not in primary_chain)
-            if top in groups:
-                continue
+        for top, inside in sidecar_groups(cfg, sup.services).items():
             if top in cfg.slice:
                 cap = slice_caps.get(top, cfg.slice[top].memory_high)
-                inside = tuple(n for n in chain[: chain.index(top)] if n in cfg.slice)
             else:
                 cap = cfg.service[top].memory_high
-                inside = tuple(n for n in chain[:-1] if n in cfg.slice)
             groups[top] = Group(top, sup.built.paths[top], cap, inside)
         return groups
 
@@ -519,7 +528,7 @@ class PressureResponse:
         while path is not None and not path.is_root:
             with contextlib.suppress(OomguardError):
                 text = sup.fs.read_optional(path, "memory.swap.max")
-                value = None if text is None or text.strip() == "max" else int(text)
+                value = None if text is None else parse_limit(text, "memory.swap.max")
                 if value is not None and (best is None or value < best):
                     best = value
             path = path.parent

@@ -265,3 +265,53 @@ def test_no_limit_anywhere_the_machine_is_the_budget(
     assert ballast.poll() is None
     print(f"machine: MemTotal={info['MemTotal'] / MiB:.0f}MiB ballast={spare / MiB:.0f}MiB")
     assert evict["current"] > info["MemTotal"] * (1 - HEADROOM_MIN) - 64 * MiB, evict
+
+
+def test_watermark_without_memory_high_is_watched_by_sampling(
+    cgroup2_mount: Path, scratch_cgroup: Path, tmp_path: Path
+) -> None:
+    """A primary with a `watermark` but no memory_high (protected, not capped): crossing it
+    raises no kernel event, so the sampled watermark is the signal. The sidecar goes first;
+    then, nothing left to evict, the primary gets a controlled restart (never a kill)."""
+    beat = tmp_path / "heartbeat"
+    db = primary(
+        beat,
+        watermark="64M",
+        memory_max="192M",
+        stop_timeout="60s",
+        env={"FAKEDB_MB": "40", "FAKEDB_GROW_MB_S": "4"},
+    )
+    cfg = {
+        "oomguard": {"pressure": fast_pressure(hysteresis="600s")},
+        "service": {
+            "db": db,
+            "steady": {
+                "command": workload("steady"),
+                "start_secs": "0.5s",
+                "env": {"STEADY_MB": "8"},
+            },
+        },
+    }
+    with start_run(tmp_path, cgroup2_mount, scratch_cgroup, cfg) as og:
+        pids = og.wait_running("db", "steady")
+        wait_beating(og, beat, pids["db"])
+        restart = og.wait_event("controlled_restart", "db", timeout=180)[0]
+        og.wait_event("restarted", "db")
+        db_high = (og.cgroup("db") / "memory.high").read_text().strip()
+        kernel = tree_events(og)
+        code = og.stop()
+        output = og.output()
+
+    assert_no_traceback(output)
+    assert code == 0, output
+    assert kernel["oom_kill"] == 0, kernel
+    assert db_high == "max"
+    order = [(e["kind"], e["service"]) for e in decisions(og)]
+    assert order[:2] == [("evict", "steady"), ("controlled_restart", "db")], order
+    assert restart["budget"] == "primary-watermark" and "over" in restart["reason"], restart
+    assert restart["primary_current"] > 64 * MiB, restart
+    assert og.events("kill", "db") == []
+    print(
+        f"acted budget=primary-watermark reason={restart['reason']} "
+        f"usage={restart['current'] / MiB:.1f}MiB watermark=64MiB"
+    )
