@@ -297,6 +297,8 @@ def test_watermark_without_memory_high_is_watched_by_sampling(
         wait_beating(og, beat, pids["db"])
         restart = og.wait_event("controlled_restart", "db", timeout=180)[0]
         og.wait_event("restarted", "db")
+        # Past its start-up (signal handlers set) before the shutdown's SIGINT.
+        wait_beating(og, beat, og.wait_running("db")["db"])
         db_high = (og.cgroup("db") / "memory.high").read_text().strip()
         kernel = tree_events(og)
         code = og.stop()
