@@ -175,7 +175,8 @@ def assert_evicted_first_primary_untouched(
     assert evict["budget"] == budget, evict
     if limit is not None:
         assert evict["limit"] == limit, evict
-    assert evict["headroom"] < HEADROOM_MIN or "psi_avg10" in evict["reason"], evict
+    # (The logged headroom is rounded to 4 digits: 0.09996 reads 0.1.)
+    assert evict["headroom"] <= HEADROOM_MIN or "psi_avg10" in evict["reason"], evict
     assert [e for e in made if e["service"] != "leaky"] == [], made
     # Never throttled by us: no memory.high on the primary or above it, and the primary's
     # cgroup never went over a memory.high (memory.events counts it and its descendants).
