@@ -121,6 +121,8 @@ class Result:
     auto_high: str = ""
     prefilled_mib: int = 0
     wall_s: float = 0.0
+    #: Where the cell's time went: oomguard start to services running, prefill, leak, stop.
+    phases: dict[str, float] = field(default_factory=dict)
     error: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -211,6 +213,13 @@ def cell_config(cell: Cell, og_root: Path, beat: Path, mark: Path) -> tuple[dict
     return cfg, limit
 
 
+def bytecode_cache(workdir: Path) -> dict[str, str]:
+    """Environment for an oomguard that keeps its compiled modules in `workdir`: one cell after
+    another, the guest's emulated CPU compiles oomguard's 31k lines once instead of every start
+    (the tests' default is PYTHONDONTWRITEBYTECODE=1; an empty value unsets it)."""
+    return {"PYTHONDONTWRITEBYTECODE": "", "PYTHONPYCACHEPREFIX": str(workdir / "pycache")}
+
+
 def run_cell(mount: Path, scratch: Path, workdir: Path, cell: Cell) -> Result:
     """Run one cell: an oomguard of its own under `scratch`, its files under `workdir`."""
     res = Result(cell)
@@ -222,17 +231,19 @@ def run_cell(mount: Path, scratch: Path, workdir: Path, cell: Cell) -> Result:
     cfg, limit = cell_config(cell, og_root, work / "db.heartbeat", mark)
     kills0 = vmstat_oom_kills()
     dmesg0 = len(kernel_log())
-    og = start_named(cell.name, workdir, mount, scratch, cfg)
+    og = start_named(cell.name, workdir, mount, scratch, cfg, env=bytecode_cache(workdir))
     db_cg = og.cgroup("db")
     try:
         names = ["db", "leaky"] if "leaky" in cfg["service"] else ["db"]
         og.wait_running(*names, timeout=300)
+        res.phases["start"] = time.monotonic() - t0
         stall0 = psi_some_total_s(db_cg)
         workers = 8 if cell.leak == "8w" else 1
         marks = [Path(f"{mark}.{i}") for i in range(workers)]
         # Prefill is quick; the leak starts once every worker has written its mark.
         og.wait_for(lambda: all(m.exists() for m in marks), "the prefill", timeout=240)
         leak_t0 = time.time()
+        res.phases["prefill"] = time.monotonic() - t0 - res.phases["start"]
         res.prefilled_mib = sum(int(m.read_text() or 0) for m in marks)
         free = limit * HEADROOM_MIN + min(max(12 * MiB, cell.rate * 8 * MiB), limit // 4)
         budget_s = min(
@@ -279,8 +290,11 @@ def run_cell(mount: Path, scratch: Path, workdir: Path, cell: Cell) -> Result:
     except (AssertionError, OSError, ValueError) as err:
         res.error = str(err).splitlines()[0][:200]
     finally:
+        t_stop = time.monotonic()
+        res.phases["leak"] = t_stop - t0 - sum(res.phases.values())
         og.signal(15)
         og.close()
+        res.phases["stop"] = time.monotonic() - t_stop
     res.wall_s = time.monotonic() - t0
     return res
 
