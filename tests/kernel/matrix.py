@@ -76,7 +76,9 @@ def leak(cap, share, index):
     held = []
     while headroom() > target and (cap == 0 or len(held) < cap):
         held.append(bytearray(block))
-    open(f"{mark}.{index}", "w").write(f"{len(held)}\n")
+    with open(f"{mark}.{index}.tmp", "w") as f:
+        f.write(f"{len(held)}\n")
+    os.rename(f"{mark}.{index}.tmp", f"{mark}.{index}")
     start, base = time.monotonic(), len(held)
     while True:
         want = base + int(rate * share * (time.monotonic() - start)) + 1

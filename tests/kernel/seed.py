@@ -94,7 +94,9 @@ target, rate = int(os.environ["LEAK_PREFILL_TO"]), float(os.environ["LEAK_MB_S"]
 held = []
 while avail() > target:
     held.append(bytearray(block))
-open(leaking, "w").write(f"{os.getpid()} {len(held)}\n")
+with open(leaking + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {len(held)}\n")
+os.rename(leaking + ".tmp", leaking)
 print(f"job: leak: prefilled {len(held)} MiB, now {rate:g} MiB/s", flush=True)
 start, base = time.monotonic(), len(held)
 while True:
@@ -175,6 +177,10 @@ def prepare_cluster() -> Cluster:
         pg.wait(120)
         log.close()
     return cluster
+
+
+def progress(msg: str) -> None:
+    print(f"seed {time.strftime('%H:%M:%S')}: {msg}", file=sys.stderr, flush=True)
 
 
 def wait(probe: Any, timeout: float, what: str) -> None:
@@ -319,6 +325,8 @@ class Outcome:
     largest_before: str = ""
     storm: str = ""
     wall: float = 0.0
+    min_avail_mib: float | None = None
+    job_log: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
@@ -362,10 +370,10 @@ class Job:
 
 
 def size_storm(job: Job, warm_rss: int) -> None:
-    """Storm workers each 80 % of the warm backend's RSS, enough of them to want 1.3 x the
+    """Storm workers each 80 % of the warm backend's RSS, enough of them to want 1.15 x the
     memory available now: the machine runs out, PostgreSQL stays the largest process."""
     job.size_mb = max(16, int(warm_rss * 0.8) // MiB)
-    job.workers = max(2, -(-int(meminfo("MemAvailable") * 1.3) // (job.size_mb * MiB)))
+    job.workers = max(2, -(-int(meminfo("MemAvailable") * 1.15) // (job.size_mb * MiB)))
 
 
 def oomguard_config(cluster: Cluster, job: Job) -> dict[str, Any]:
@@ -484,6 +492,7 @@ def run_layout(
     *,
     scratch: Path,
     start_oomguard: Any = None,
+    storm_timeout: float = 240.0,
     leak_timeout: float = 240.0,
 ) -> tuple[Outcome, Oomguard | None]:
     """Run the seed's case once under `layout`. `start_oomguard(config) -> Oomguard` starts
@@ -522,13 +531,22 @@ def run_layout(
         time.sleep(CHUNK_S / 2)
         out.storm = f"{job.workers} x {job.size_mb} MiB"
         job.trigger.write_text(f"{job.workers} {job.size_mb}\n")
-        wait(job.leaking.exists, 300, "the storm to end and the leak to start")
-        leak_t = job.leaking.stat().st_mtime
-        leak_pid = int(job.leaking.read_text().split()[0])
-        with contextlib.suppress(AssertionError):
-            wait(lambda: not Path(f"/proc/{leak_pid}").exists(), leak_timeout, "the leak to end")
-        if Path(f"/proc/{leak_pid}").exists():
-            out.notes.append(f"the leak still ran after {leak_timeout:g}s")
+        progress(f"{layout}: storm of {out.storm} (largest before: {out.largest_before})")
+        try:
+            wait(job.leaking.exists, storm_timeout, "the storm to end and the leak to start")
+        except AssertionError:
+            out.notes.append(f"the storm phase did not end within {storm_timeout:g}s")
+        if job.leaking.exists():
+            leak_t = job.leaking.stat().st_mtime
+            leak_pid = int(job.leaking.read_text().split()[0])
+            progress(f"{layout}: leak of {LEAK_MB_S} MiB/s started")
+            with contextlib.suppress(AssertionError):
+                wait(lambda: not Path(f"/proc/{leak_pid}").exists(), leak_timeout, "leak end")
+            if Path(f"/proc/{leak_pid}").exists():
+                out.notes.append(f"the leak still ran after {leak_timeout:g}s")
+        else:
+            leak_t = time.time()
+        progress(f"{layout}: leak over; stopping the load")
         time.sleep(2)
         results = load.stop()
         out.tps = sum(r.processed for r in results) / max(load.wall, 1e-9)
@@ -540,7 +558,10 @@ def run_layout(
         out.postmaster_after = cluster.postmaster_pid()
         sampler.stop()
         _attribute(out, layout, sampler, kills0, dmesg0, leak_t, og, plain)
+        out.min_avail_mib = min(a for _t, a, _k in sampler.samples) / MiB
     finally:
+        job_text = og.output() if og is not None else plain.job_log() if plain else ""
+        out.job_log = [ln for ln in job_text.splitlines() if "job" in ln][-8:]
         if load is not None and load.is_alive():
             load.stop()
         sampler.stop_flag.set()
