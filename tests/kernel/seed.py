@@ -417,7 +417,7 @@ class Plain:
         self.scratch = scratch
         self.cluster = cluster
         self.job = job
-        self.logs = cluster.base / "logs"
+        self.logs = cluster.base / ("logs-earlyoom" if earlyoom else "logs-kernel")
         self.logs.mkdir(exist_ok=True)
         self.procs: list[subprocess.Popen[bytes]] = []
         self.earlyoom = earlyoom
