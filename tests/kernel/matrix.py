@@ -4,11 +4,14 @@ shape, and what happened: who acted first, at what usage, and what it cost the p
 
 Shapes:
 
-tree       the only limit is `[oomguard] memory_max = 400M` (primary and sidecar at the top of
+tree       the only limit is `[oomguard] memory_max = 256M` (primary and sidecar at the top of
            the tree);
-slice      `[slice.sidecars] memory_max = 300M` holds the sidecar, nothing else is capped;
-watermark  the primary itself grows: `watermark = 300M`, `memory_max = 400M` on it;
-nolimit    no limit anywhere: the machine's RAM is the budget.
+slice      `[slice.sidecars] memory_max = 192M` holds the sidecar, nothing else is capped;
+watermark  the primary itself grows: `watermark = 192M`, `memory_max = 256M` on it;
+nolimit    no limit anywhere: the machine's RAM is the budget (a 250 MiB primary beside it).
+
+The primary is examples/workloads/fakedb.py holding 64 MiB (in `watermark`, the leaker itself).
+The sizes are small so that a cell's prefill is quick under TCG; what matters is the shape.
 
 Leaks: `one` process, or `8w`, 8 forked workers capped at 50..130 MiB each, leaking rate/8 each.
 Every cell is short: the leaker first prefills quickly until the budget's headroom is 10 % (the
@@ -185,27 +188,27 @@ def _leaker(cell: Cell, probe: str, limit: int, mark: Path) -> dict[str, Any]:
 
 def cell_config(cell: Cell, og_root: Path, beat: Path, mark: Path) -> tuple[dict[str, Any], int]:
     """(oomguard config, the budget's limit in bytes) of one cell."""
-    db = primary(beat, env={"FAKEDB_MB": "100"})
+    db = primary(beat, env={"FAKEDB_MB": "64"})
     cfg: dict[str, Any] = {"oomguard": {}, "service": {"db": db}}
     side = {"criticality": 20, "start_secs": "0.5s"}
     if cell.shape == "tree":
-        limit = 400 * MiB
-        cfg["oomguard"]["memory_max"] = "400M"
+        limit = 256 * MiB
+        cfg["oomguard"]["memory_max"] = "256M"
         leak = _leaker(cell, f"{og_root}/memory.current:{limit}", limit, mark)
         cfg["service"]["leaky"] = {**side, **leak}
     elif cell.shape == "slice":
-        limit = 300 * MiB
-        cfg["slice"] = {"sidecars": {"memory_max": "300M"}}
+        limit = 192 * MiB
+        cfg["slice"] = {"sidecars": {"memory_max": "192M"}}
         leak = _leaker(cell, f"{og_root}/sidecars/memory.current:{limit}", limit, mark)
         cfg["service"]["leaky"] = {**side, "slice": "sidecars", **leak}
     elif cell.shape == "watermark":
-        limit = 300 * MiB  # the watermark: the primary's own budget
+        limit = 192 * MiB  # the watermark: the primary's own budget
         leak = _leaker(cell, f"{og_root}/db/memory.current:{limit}", limit, mark)
         cfg["service"]["db"] = {
             "role": "primary",
             "start_secs": "0.5s",
-            "watermark": "300M",
-            "memory_max": "400M",
+            "watermark": "192M",
+            "memory_max": "256M",
             **leak,
         }
     else:
