@@ -492,7 +492,7 @@ def run_layout(
     *,
     scratch: Path,
     start_oomguard: Any = None,
-    storm_timeout: float = 240.0,
+    storm_timeout: float = 420.0,
     leak_timeout: float = 240.0,
 ) -> tuple[Outcome, Oomguard | None]:
     """Run the seed's case once under `layout`. `start_oomguard(config) -> Oomguard` starts
