@@ -75,6 +75,9 @@ def zram_swap(on: bool) -> Iterator[None]:
         yield
         return
     subprocess.run(["modprobe", "zram", "num_devices=1"], check=True)
+    # zram's default compressor is a module of its own, and the kernel's on-demand module load
+    # does not find it in the guest (disksize then fails with EINVAL): load it ourselves.
+    subprocess.run(["modprobe", "lzo-rle"], check=False, capture_output=True)
     dev = Path("/sys/block/zram0")
     subprocess.run(["swapoff", "/dev/zram0"], check=False, capture_output=True)
     (dev / "reset").write_text("1")
