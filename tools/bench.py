@@ -395,6 +395,24 @@ def bench_postgres(args: argparse.Namespace) -> int:
     return int(bench_postgres.run([]))
 
 
+@section("matrix")
+def bench_matrix(args: argparse.Namespace) -> int:
+    """Issue 8: the scenario matrix (budget shape x leak rate x leak shape x swap)."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import bench_matrix
+
+    return int(bench_matrix.run([]))
+
+
+@section("seed")
+def bench_seed(args: argparse.Namespace) -> int:
+    """Issue 8: the seed's case, PostgreSQL with no limit: plain kernel, earlyoom, oomguard."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import bench_matrix
+
+    return int(bench_matrix.run_seed([]))
+
+
 # ----------------------------------------------------------------------------- main
 
 

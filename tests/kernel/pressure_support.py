@@ -171,6 +171,7 @@ def start_named(
     config: Mapping[str, Any],
     *,
     extra_args: Iterable[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Oomguard:
     """Like support.start_run, but with the tree at `<scratch>/<name>` and everything else in
     `<workdir>/<name>`, so that two oomguards can run side by side in one scratch cgroup."""
@@ -180,7 +181,7 @@ def start_named(
     state_dir = own / "state"
     path = write_config(own, config)
     args = ["run", str(path), "--cgroup", rel(mount, root), "--state-dir", str(state_dir)]
-    return Oomguard([*args, *extra_args], own, mount=mount, root=root, state_dir=state_dir)
+    return Oomguard([*args, *extra_args], own, mount=mount, root=root, state_dir=state_dir, env=env)
 
 
 # -- events ------------------------------------------------------------------------------------
