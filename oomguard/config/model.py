@@ -23,6 +23,7 @@ so ``oomguard status`` never pays for it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import difflib
 import heapq
 import json
@@ -846,17 +847,71 @@ class Config(_Model):
             result = result.merged(self.slice[slice_name].pressure)
         return result
 
+    def primary_low(self) -> int:
+        """The primary's memory.low: its own ``memory_low`` when it sets ``memory_min`` or
+        ``memory_low``; otherwise derived, as the most the primary can hold without a limit
+        being hit:
+
+        * the part of the tree's budget that no sidecar limit can take, i.e. ``[oomguard]
+          memory_max - reserve - memory_max`` of every other top-level slice or service (one
+          without a memory_max takes nothing from this figure: it is the least critical and its
+          unprotected usage is what reclaim takes first);
+        * capped by the primary's own ``memory_high`` and ``memory_max`` where set.
+
+        With none of these figures (no limit anywhere) nothing is derived: 0. Why a number and not
+        "max", and what it protects against: docs/config.md, "Protecting the primary".
+        """
+        svc = self.primary
+        if {"memory_min", "memory_low"} & svc.model_fields_set:
+            return svc.memory_low
+        candidates = [v for v in (svc.memory_high, svc.memory_max) if v is not None]
+        tree = self.oomguard.memory_max
+        if tree is not None:
+            own_top = self.slice_path(self.primary_name)[0]
+            others = [n for n in self._top_level() if n != own_top]
+            taken = sum(self._budget(n).memory_max or 0 for n in others)
+            candidates.append(max(0, tree - self.oomguard.reserve - taken))
+        return min(candidates, default=0)
+
+    def _top_level(self) -> list[str]:
+        names = [n for n, s in self.slice.items() if s.parent is None]
+        return names + [n for n, s in self.service.items() if s.slice is None]
+
+    def _budget(self, name: str) -> _Budget:
+        return self.slice[name] if name in self.slice else self.service[name]
+
+    def _slice_limits(self, name: str, lows: Mapping[str, int]) -> Limits:
+        limits = self._budget(name).limits()
+        if name in lows:
+            limits = dataclasses.replace(limits, low=lows[name])
+        return limits
+
+    def _derived_lows(self) -> dict[str, int]:
+        """memory.low of the primary and of each enclosing slice that does not set its own:
+        protection is hierarchical (a child's effective memory.low is capped by its parent's), so
+        every slice on the way down claims what its children claim."""
+        lows = {self.primary_name: self.primary_low()}
+        for name in reversed(self.slice_chain(self.primary_name)):
+            if {"memory_min", "memory_low"} & self.slice[name].model_fields_set:
+                break
+            kids = [n for n, s in self.slice.items() if s.parent == name]
+            kids += [n for n, s in self.service.items() if s.slice == name]
+            lows[name] = sum(lows.get(k, self._budget(k).memory_low) for k in kids)
+        return lows
+
     def tree_spec(self) -> TreeSpec:
         """The slice tree to build: slices parents first (then file order), then services in
-        start order. A service goes under its slice; top-level ones under the root."""
+        start order. A service goes under its slice; top-level ones under the root. The primary
+        (and the slices around it) get the derived memory.low of `primary_low`."""
         slice_index = {name: i for i, name in enumerate(self.slice)}
         slices = sorted(self.slice, key=lambda n: (len(self.slice_chain(n)), slice_index[n]))
+        lows = self._derived_lows()
         specs = [
-            SliceSpec(name, self.slice_path(name), "slice", self.slice[name].limits())
+            SliceSpec(name, self.slice_path(name), "slice", self._slice_limits(name, lows))
             for name in slices
         ]
         specs += [
-            SliceSpec(name, self.slice_path(name), "service", self.service[name].limits())
+            SliceSpec(name, self.slice_path(name), "service", self._slice_limits(name, lows))
             for name in self.start_order()
         ]
         return TreeSpec(

@@ -437,8 +437,105 @@ def test_tree_spec_nests_slices_parents_first() -> None:
     by_name = {s.name: s for s in tree.slices}
     assert by_name["inner"].limits == Limits(max=GiB, oom_group=True)
     assert by_name["outer"].limits == Limits(min=64 * MiB, max=2 * GiB)
-    assert by_name["db"].limits == Limits(high=GiB, max=1200 * MiB)
+    # The primary is protected up to what it may hold: its memory_high (1G) here.
+    assert by_name["db"].limits == Limits(low=GiB, high=GiB, max=1200 * MiB)
     assert by_name["x"].limits == Limits(max=512 * MiB, oom_group=True)
+
+
+# -- the primary's derived memory.low ---------------------------------------------------------
+
+
+def _primary_low(data: dict[str, Any]) -> tuple[int, dict[str, int]]:
+    cfg = build(data)
+    lows = {s.name: s.limits.low for s in cfg.tree_spec().slices}
+    return cfg.primary_low(), lows
+
+
+def test_primary_low_is_the_budget_no_sidecar_limit_can_take() -> None:
+    low, lows = _primary_low(
+        {
+            "oomguard": {"memory_max": "1G", "reserve": "32M"},
+            "slice": {"sidecars": {"memory_max": "256M"}},
+            "service": {
+                "db": primary(),
+                "a": sidecar(slice="sidecars", memory_max="64M"),
+                "b": sidecar(memory_max="100M"),
+                "c": sidecar(),  # unlimited: takes nothing from the figure
+            },
+        }
+    )
+    assert low == GiB - 32 * MiB - 256 * MiB - 100 * MiB
+    assert lows == {"sidecars": 0, "db": low, "a": 0, "b": 0, "c": 0}
+
+
+def test_primary_low_is_capped_by_its_own_high_and_max() -> None:
+    base: dict[str, Any] = {"oomguard": {"memory_max": "1G", "reserve": "32M"}}
+    assert build({**base, "service": {"db": primary(memory_max="500M")}}).primary_low() == (
+        500 * MiB
+    )
+    with_high = {"service": {"db": primary(memory_high="300M", memory_max="500M")}}
+    assert build({**base, **with_high}).primary_low() == 300 * MiB
+    # No tree budget: the primary's own limit alone.
+    assert build({"service": {"db": primary(memory_max="2G")}}).primary_low() == 2 * GiB
+
+
+def test_primary_low_without_any_limit_is_zero() -> None:
+    assert build({"service": {"db": primary(), "s": sidecar()}}).primary_low() == 0
+
+
+def test_primary_low_never_negative_when_sidecars_take_the_budget() -> None:
+    data = {
+        "oomguard": {"memory_max": "300M", "reserve": "32M"},
+        "service": {"db": primary(), "s": sidecar(memory_max="290M")},
+    }
+    assert build(data).primary_low() == 0
+
+
+def test_explicit_protection_replaces_the_derived_low() -> None:
+    base: dict[str, Any] = {"oomguard": {"memory_max": "1G"}}
+    assert build({**base, "service": {"db": primary(memory_low="100M")}}).primary_low() == (
+        100 * MiB
+    )
+    # memory_low = 0 is the way to ask for no protection at all.
+    assert build({**base, "service": {"db": primary(memory_low="0")}}).primary_low() == 0
+    # memory_min alone is explicit protection too: no memory.low is added beside it.
+    cfg = build({**base, "service": {"db": primary(memory_min="64M")}})
+    assert cfg.primary_low() == 0
+    assert next(s for s in cfg.tree_spec().slices if s.name == "db").limits.min == 64 * MiB
+
+
+def test_slices_around_the_primary_claim_its_derived_low() -> None:
+    """memory.low is hierarchical: a slice without its own passes its children's sum down."""
+    low, lows = _primary_low(
+        {
+            "oomguard": {"memory_max": "1G", "reserve": "32M"},
+            "slice": {
+                "outer": {},
+                "inner": {"parent": "outer"},
+                "sidecars": {"memory_max": "200M"},
+            },
+            "service": {
+                "db": primary(slice="inner"),
+                "helper": sidecar(slice="inner", memory_low="8M", memory_max="50M"),
+                "s": sidecar(slice="sidecars"),
+            },
+        }
+    )
+    assert low == GiB - 32 * MiB - 200 * MiB
+    assert lows["inner"] == low + 8 * MiB
+    assert lows["outer"] == low + 8 * MiB
+    assert lows["sidecars"] == 0
+
+
+def test_a_slice_with_its_own_protection_keeps_it() -> None:
+    _, lows = _primary_low(
+        {
+            "oomguard": {"memory_max": "1G"},
+            "slice": {"mine": {"memory_low": "100M"}},
+            "service": {"db": primary(slice="mine", memory_low="100M")},
+        }
+    )
+    assert lows == {"mine": 100 * MiB, "db": 100 * MiB}
 
 
 def test_slice_path_and_chain() -> None:
