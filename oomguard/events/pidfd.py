@@ -11,9 +11,16 @@ The caller owns every fd returned here and closes it (pidfds are always O_CLOEXE
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
+import platform
 import select
 import signal
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def open_pidfd(pid: int) -> int | None:
@@ -54,3 +61,96 @@ def close_pidfd(pidfd: int) -> int:
     if pidfd >= 0:
         os.close(pidfd)
     return -1
+
+
+# -- process_mrelease -----------------------------------------------------------------------
+#
+# process_mrelease(pidfd, 0) (Linux 5.15+) unmaps the private memory of a process that is already
+# dying, in the caller's context, instead of waiting for the dying process to be scheduled and
+# run exit_mmap itself (the OOM reaper's work, on demand). It kills nothing: a process that is
+# not dying (no SIGKILL pending, not exiting) is refused with EINVAL. So it is only useful right
+# after a SIGKILL, which sets the fatal state synchronously (cgroup.kill's write returns after
+# every member has its SIGKILL).
+
+#: __NR_process_mrelease: one number in the unified syscall table of every architecture that
+#: has one (asm-generic and x86 alike); alpha (558) and the rest are left out: unsupported.
+_NR_PROCESS_MRELEASE = {
+    "x86_64": 448,
+    "aarch64": 448,
+    "arm64": 448,
+    "riscv64": 448,
+    "ppc64le": 448,
+    "ppc64": 448,
+    "s390x": 448,
+    "loongarch64": 448,
+    "i686": 448,
+    "armv7l": 448,
+}
+
+Mrelease: TypeAlias = Literal["released", "unsupported", "gone", "not_dying", "busy", "failed"]
+
+
+def _resolve() -> Callable[[int], int] | None:
+    number = _NR_PROCESS_MRELEASE.get(platform.machine())
+    if number is None:
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        syscall = libc.syscall
+    except (OSError, AttributeError):
+        return None
+    syscall.restype = ctypes.c_long
+    syscall.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_uint]
+
+    def call(pidfd: int) -> int:
+        if syscall(number, pidfd, 0) == 0:
+            return 0
+        return ctypes.get_errno()
+
+    return call
+
+
+class MreleaseSyscall:
+    """The syscall as ``call(pidfd) -> errno`` (0 on success), resolved on first use in the
+    supervisor's own process (never in a forked child: loading a library through ctypes takes
+    locks) and dropped once the kernel says ENOSYS, so a kernel without it costs one failed call
+    in all. `resolve` is replaceable for tests."""
+
+    def __init__(self, resolve: Callable[[], Callable[[int], int] | None] = _resolve) -> None:
+        self._resolve: Callable[[], Callable[[int], int] | None] | None = resolve
+        self._call: Callable[[int], int] | None = None
+
+    def __call__(self, pidfd: int) -> Mrelease:
+        if self._resolve is not None:
+            self._call, self._resolve = self._resolve(), None
+        if self._call is None or pidfd < 0:
+            return "unsupported"
+        err = self._call(pidfd)
+        if err == 0:
+            return "released"
+        if err == errno.ENOSYS:
+            self._call = None
+            return "unsupported"
+        if err == errno.ESRCH:
+            return "gone"
+        if err == errno.EINVAL:
+            return "not_dying"
+        if err in (errno.EAGAIN, errno.EINTR):
+            return "busy"
+        return "failed"
+
+
+_MRELEASE = MreleaseSyscall()
+
+
+def process_mrelease(pidfd: int) -> Mrelease:
+    """Release the memory of the dying process behind `pidfd` now. Never raises.
+
+    * ``released``: done (also when exit_mmap or the OOM reaper had already done it);
+    * ``unsupported``: no such syscall here (ENOSYS: a kernel older than 5.15, or seccomp);
+    * ``gone``: the process has no memory left to release (ESRCH: it has exited);
+    * ``not_dying``: it is not dying (EINVAL): call this after the SIGKILL, never before;
+    * ``busy``: its mmap lock is held (EAGAIN/EINTR); its own exit frees the memory anyway;
+    * ``failed``: anything else (EBADF...), equally harmless.
+    """
+    return _MRELEASE(pidfd)

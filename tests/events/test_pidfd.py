@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
+import subprocess
 
+import pytest
+
+from oomguard.events import pidfd
 from oomguard.events.loop import EPOLLIN, Loop
 from oomguard.events.pidfd import close_pidfd, is_alive, open_pidfd, send_signal
 from oomguard.runtime.launcher import LaunchSpec, spawn
@@ -56,3 +61,91 @@ def test_open_pidfd_of_self_is_alive() -> None:
     finally:
         close_pidfd(fd)
     assert close_pidfd(-1) == -1
+
+
+# -- process_mrelease -------------------------------------------------------------------------
+
+
+def _fake(*errnos: int) -> tuple[pidfd.MreleaseSyscall, list[int]]:
+    """A MreleaseSyscall whose kernel answers `errnos` in turn; also the pidfds it was given."""
+    seen: list[int] = []
+    answers = list(errnos)
+
+    def call(fd: int) -> int:
+        seen.append(fd)
+        return answers.pop(0)
+
+    return pidfd.MreleaseSyscall(lambda: call), seen
+
+
+@pytest.mark.parametrize(
+    ("err", "want"),
+    [
+        (0, "released"),
+        (errno.ESRCH, "gone"),
+        (errno.EINVAL, "not_dying"),
+        (errno.EAGAIN, "busy"),
+        (errno.EINTR, "busy"),
+        (errno.EBADF, "failed"),
+    ],
+)
+def test_mrelease_maps_each_errno(err: int, want: str) -> None:
+    mrelease, seen = _fake(err)
+    assert mrelease(7) == want
+    assert seen == [7]
+
+
+def test_mrelease_enosys_is_unsupported_and_never_called_again() -> None:
+    mrelease, seen = _fake(errno.ENOSYS)
+    assert mrelease(7) == "unsupported"
+    assert mrelease(8) == "unsupported"
+    assert seen == [7], "after ENOSYS the syscall is not tried again"
+
+
+def test_mrelease_without_the_syscall_is_unsupported() -> None:
+    resolved: list[bool] = []
+
+    def resolve() -> None:
+        resolved.append(True)
+
+    mrelease = pidfd.MreleaseSyscall(resolve)
+    assert mrelease(7) == "unsupported"
+    assert mrelease(8) == "unsupported"
+    assert resolved == [True], "resolved once, on first use"
+
+
+def test_mrelease_of_a_closed_pidfd_is_not_called() -> None:
+    mrelease, seen = _fake()
+    assert mrelease(-1) == "unsupported"
+    assert seen == []
+
+
+def test_mrelease_resolves_lazily() -> None:
+    """Constructing one (at import) resolves nothing: no ctypes work before the first use."""
+    resolved: list[bool] = []
+    pidfd.MreleaseSyscall(lambda: resolved.append(True) or None)
+    assert resolved == []
+
+
+def test_mrelease_of_a_live_process_is_refused_harmlessly() -> None:
+    """On this host: a process that is not dying is never touched (EINVAL), or the kernel has
+    no such syscall (ENOSYS); either way the process keeps running."""
+    proc = subprocess.Popen(["sleep", "30"])
+    fd = os.pidfd_open(proc.pid)
+    try:
+        assert pidfd.MreleaseSyscall()(fd) in ("not_dying", "unsupported")
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+        os.close(fd)
+
+
+def test_mrelease_of_an_exited_process_is_gone() -> None:
+    proc = subprocess.Popen(["true"])
+    fd = os.pidfd_open(proc.pid)
+    try:
+        proc.wait()
+        assert pidfd.MreleaseSyscall()(fd) in ("gone", "unsupported")
+    finally:
+        os.close(fd)
