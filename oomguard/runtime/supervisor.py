@@ -48,7 +48,7 @@ from oomguard.observe.state import (
 from oomguard.observe.statedir import StateDir
 from oomguard.policy import ranking
 from oomguard.policy import restart as rp
-from oomguard.runtime import launcher
+from oomguard.runtime import launcher, release
 from oomguard.runtime.reaper import Reaper, become_subreaper
 from oomguard.units import format_size
 
@@ -622,16 +622,28 @@ class Supervisor:
             # service is a session leader, so pgid == its pid). Never oomguard's own cgroup.
             if svc.child is not None:
                 svc.child.signal_group(signal.SIGKILL)
-                self.log.warn("kill", service=svc.name, reason=reason, scope="process_group")
+                freed = _released(release.release((), [svc.child.pidfd]))
+                self.log.warn(
+                    "kill", service=svc.name, reason=reason, scope="process_group", **freed
+                )
             return
+        main = svc.child.pidfd if svc.child is not None else -1
+        held: list[int] = []
         try:
             pids = self.fs.procs(svc.cgroup)
+            held = release.hold_members(
+                self.fs, svc.cgroup, svc.child.pid if svc.child is not None else None
+            )
             self.fs.kill(svc.cgroup)
         except Vanished:
+            release.release(held)  # nothing to release: only closes them
             self._vanished(svc)
             return
-        self.log.warn("kill", service=svc.name, reason=reason, pids=len(pids))
-        self.emit("kill", svc.cgroup, service=svc.name, reason=reason, pids=len(pids))
+        # The SIGKILLs are pending now (cgroup.kill delivers them before its write returns), so
+        # the kernel accepts process_mrelease: the memory comes back before the next allocation.
+        freed = _released(release.release(held, [main]))
+        self.log.warn("kill", service=svc.name, reason=reason, pids=len(pids), **freed)
+        self.emit("kill", svc.cgroup, service=svc.name, reason=reason, pids=len(pids), **freed)
 
     # -- exits ------------------------------------------------------------------------------
 
@@ -1163,6 +1175,13 @@ class _PumpRegistry:
 
     def remove(self, fd: int, /) -> None:
         self._loop.remove(fd)
+
+
+def _released(done: release.Released) -> dict[str, Any]:
+    """A kill's log/event fields for process_mrelease: none where the kernel lacks it."""
+    if done.unsupported and not done.released:
+        return {}
+    return {"mreleased": done.released, "mrelease_ms": round(done.seconds * 1000, 1)}
 
 
 def _vmstat_oom_kill() -> int | None:
