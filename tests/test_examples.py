@@ -403,31 +403,33 @@ def test_k8s_configmap_is_the_validated_config_file() -> None:
     assert facts.command == ["oomguard", "run", f"{facts.config_mount}/oomguard.toml"]
 
 
-def test_k8s_container_limit_holds_the_slice_limits() -> None:
+def test_k8s_container_limit_holds_the_tree() -> None:
     """Kubernetes >= 1.28 sets memory.oom.group=1 on the container: an OOM at the container's
-    limit kills everything in it. The slice limits plus oomguard's reserve and its own memory
-    must stay below that limit, so that every OOM happens inside a slice or the tree."""
+    limit kills everything in it. The tree's own limit must stay below that limit by more than
+    oomguard's memory charged outside the tree, so that every OOM happens inside the tree; the
+    sidecars' limits plus oomguard's reserve fit inside the tree, and what they leave is the
+    primary's (uncapped, protected by the derived memory.low)."""
     facts = pod_facts()
     cfg = load_config(K8S / "oomguard.toml")
     limit = quantity(facts.memory_limit)
-    top = [n for n, s in cfg.service.items() if s.slice is None]
+    top = [n for n, s in cfg.service.items() if s.slice is None and not s.is_primary]
     top += [n for n, s in cfg.slice.items() if s.parent is None]
     budgets = {n: (cfg.service[n] if n in cfg.service else cfg.slice[n]).memory_max for n in top}
     unbounded = [n for n, m in budgets.items() if m is None]
-    assert not unbounded, f"top-level slices without memory_max (unbounded): {unbounded}"
-    slices = sum(m for m in budgets.values() if m is not None)
+    assert not unbounded, f"top-level sidecar budgets without memory_max: {unbounded}"
+    sidecars = sum(m for m in budgets.values() if m is not None)
     reserve = cfg.oomguard.reserve
-    assert slices < limit - reserve - OOMGUARD_RSS, (slices, limit, reserve)
-    # The tree's own limit sits between them: an overshoot inside the tree is a tree OOM (one
-    # victim), and what stays charged outside the tree (most of oomguard's own memory) has room.
     tree = cfg.oomguard.memory_max
     assert tree is not None, "[oomguard] memory_max must be set under a container limit"
-    assert slices + reserve <= tree, (slices, reserve, tree)
+    assert sidecars + reserve < tree, (sidecars, reserve, tree)
     assert limit - tree >= OOMGUARD_RSS, (limit, tree)
+    # The primary is protected, not capped: its memory.low is what the sidecars cannot take.
+    assert cfg.primary.memory_high is None and cfg.primary.memory_max is None
+    assert cfg.primary_low() == tree - reserve - sidecars
     # The README shows this arithmetic; it must be this config's.
     readme = (K8S / "README.md").read_text()
-    assert f"**{slices // MiB}**" in readme
-    assert f"leaves {(limit - reserve - slices) // MiB} MiB" in readme
+    assert f"**{cfg.primary_low() // MiB}**" in readme
+    assert f"| {tree // MiB} | {limit // MiB} − {(limit - tree) // MiB}" in readme
 
 
 def test_k8s_pod_is_guaranteed_privileged_and_waits_for_the_stop_chain() -> None:
