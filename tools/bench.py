@@ -413,6 +413,16 @@ def bench_seed(args: argparse.Namespace) -> int:
     return int(bench_matrix.run_seed([]))
 
 
+@section("throughput")
+def bench_throughput(args: argparse.Namespace) -> int:
+    """Issue 8: PostgreSQL throughput without a storm, plain container vs the shipped example
+    (and the example with limits on the primary), alternating rounds."""
+    sys.path.insert(0, str(REPO / "tools"))
+    import bench_postgres
+
+    return int(bench_postgres.run(["--throughput"]))
+
+
 # ----------------------------------------------------------------------------- main
 
 

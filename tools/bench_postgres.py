@@ -33,6 +33,13 @@ recoveries = storms after which the backup job ran again within 60 s; storms sto
 ended them: oomguard's evictions, and the OOM killer's victims by process name (from the kernel
 log; "postgres" is any PostgreSQL process, "python3" a storm process).
 
+The throughput section (`--throughput`, `tools/bench.py --only throughput`) has no storm: the
+same database (pgbench_accounts prewarmed in shared_buffers), pgbench -c 4 flat out for
+`--seconds`, in rounds that run every `--variants` layout once each, alternating the order:
+the plain container, the shipped example, and the example with limits on the primary (to price
+each limit). It prints tps per round, the mean, the ratio to the plain container, the `high`
+events of the primary's cgroup (throttling) and its memory.peak.
+
 Runs natively where this host has a writable cgroup2 memory controller (as root), else in the
 QEMU guest of tools/vmrun.py (3G of guest RAM: the 1G layout plus the database on tmpfs).
 """
@@ -371,7 +378,14 @@ class WithOomguard:
 
     name = "B: oomguard, examples/postgres/oomguard.toml"
 
-    def __init__(self, mount: Path, cluster: Cluster, workers: int, size: str) -> None:
+    def __init__(
+        self,
+        mount: Path,
+        cluster: Cluster,
+        workers: int,
+        size: str,
+        primary: dict[str, Any] | None = None,
+    ) -> None:
         self.mount = mount
         self.scratch = mount / f"bench-pg-b-{os.getpid()}"
         self.cluster = cluster
@@ -381,6 +395,7 @@ class WithOomguard:
             cluster.base,
             {
                 "service": {
+                    "postgres": primary or {},
                     "backup": {
                         "env": {
                             "STORM_WORKERS": str(workers),
@@ -390,7 +405,7 @@ class WithOomguard:
                             "BACKUP_INTERVAL": "2",
                         },
                         "max_restarts": 100,
-                    }
+                    },
                 }
             },
         )
@@ -658,6 +673,149 @@ def _crash_restarts(layout: PlainContainer | WithOomguard) -> int:
     return text.count("terminating any other active server processes")
 
 
+# -- throughput (no storm) ----------------------------------------------------------------------
+
+WARMUP_S = 5
+#: Throughput layouts: the plain container, the shipped example, and the example with limits on
+#: the primary, to price each: the cap of the previous example (high 384M, max 512M; above this
+#: workload's working set) and a memory_high at about the working set. The watermark is off in
+#: those ("max"), so that only the limit is priced, not a controlled restart.
+VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
+    "plain": ("plain container: one cgroup, memory.max 1G", None),
+    "example": ("oomguard, examples/postgres/oomguard.toml (primary: memory.low 736M)", {}),
+    "nolow": ("oomguard, example with memory_low 0 (no protection)", {"memory_low": "0"}),
+    "cap": (
+        "oomguard, example + primary memory_high 384M, memory_max 512M (the previous example)",
+        {"memory_high": "384M", "memory_max": "512M", "watermark": "max"},
+    ),
+    "high256": (
+        "oomguard, example + primary memory_high 256M (about its working set)",
+        {"memory_high": "256M", "watermark": "max"},
+    ),
+}
+DEFAULT_VARIANTS = "plain,example,cap,high256"
+
+
+@dataclass
+class Throughput:
+    variant: str
+    tps: list[float] = field(default_factory=list)
+    #: memory.events "high" of the primary's cgroup during the measured runs (throttling).
+    high: list[int] = field(default_factory=list)
+    peak: list[int] = field(default_factory=list)
+    failed: int = 0
+
+
+def _primary_cgroup(layout: PlainContainer | WithOomguard) -> Path:
+    return layout.cgroup if isinstance(layout, PlainContainer) else layout.cgroup / "postgres"
+
+
+def _events_high(cgroup: Path) -> int:
+    try:
+        text = (cgroup / "memory.events").read_text()
+    except OSError:
+        return 0
+    m = re.search(r"^high (\d+)", text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def _peak(cgroup: Path) -> int:
+    try:
+        return int((cgroup / "memory.peak").read_text())
+    except (OSError, ValueError):
+        return 0
+
+
+def throughput_run(
+    variant: str, mount: Path, template: Cluster, seconds: int
+) -> tuple[float, int, int, int]:
+    """One measured pgbench run in a fresh copy of the database: (tps, high events of the
+    primary's cgroup, its memory.peak, failed transactions)."""
+    cluster = clone(template)
+    _, primary = VARIANTS[variant]
+    layout: PlainContainer | WithOomguard
+    if primary is None:
+        layout = PlainContainer(mount, cluster, 1, "1M")
+    else:
+        layout = WithOomguard(mount, cluster, 1, "1M", primary)
+    try:
+        layout.start()
+        if not _wait(lambda: cluster.ready(BOUNCER_PORT), SETTLE_S, layout.tick):
+            raise SystemExit(f"bench-postgres: {variant}: pgbouncer never accepted connections")
+        cluster.psql("SELECT pg_prewarm('pgbench_accounts')", timeout=600)
+        cluster.pgbench(WARMUP_S).result(timeout=WARMUP_S * 40)
+        high_before = _events_high(_primary_cgroup(layout))
+        result = cluster.pgbench(seconds).result(timeout=seconds * 40)
+        high = _events_high(_primary_cgroup(layout)) - high_before
+        peak = _peak(_primary_cgroup(layout))
+    finally:
+        layout.stop()
+        cluster.remove()
+    return result.processed / seconds, high, peak, result.failed + result.aborted_clients
+
+
+def throughput(args: argparse.Namespace, mount: Path, template: Cluster) -> list[Throughput]:
+    """`args.pairs` rounds; each runs every variant once, the order reversed every other round
+    (plain, example, ..., then ..., example, plain), so a drift of the shared host's speed
+    weighs on every variant alike."""
+    variants = args.variants.split(",")
+    out = {v: Throughput(v) for v in variants}
+    for i in range(args.pairs):
+        order = variants if i % 2 == 0 else variants[::-1]
+        for v in order:
+            tps, high, peak, failed = throughput_run(v, mount, template, args.seconds)
+            rec = out[v]
+            rec.tps.append(tps)
+            rec.high.append(high)
+            rec.peak.append(peak)
+            rec.failed += failed
+            log(f"round {i + 1}/{args.pairs} {v}: {tps:.1f} tps, high events {high}, "
+                f"peak {peak >> 20}M, failed {failed}")  # fmt: skip
+    return [out[v] for v in variants]
+
+
+def _mean(xs: Sequence[float]) -> float:
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def throughput_table(results: Sequence[Throughput]) -> str:
+    base = next((r for r in results if r.variant == "plain"), None)
+    head = "| layout | tps per round | mean tps | vs plain | primary high events | peak |"
+    rows = [head, "|---|---|---|---|---|---|"]
+    for r in results:
+        ratio = ""
+        if base is not None and _mean(base.tps):
+            ratio = f"{100 * _mean(r.tps) / _mean(base.tps):.1f} %"
+            # Per round as well: each round's runs are neighbours in time.
+            per = [100 * t / b for t, b in zip(r.tps, base.tps, strict=False) if b]
+            if r is not base and per:
+                ratio += f" (rounds {min(per):.0f}-{max(per):.0f} %)"
+        rows.append(
+            f"| {VARIANTS[r.variant][0]} | {' '.join(f'{t:.0f}' for t in r.tps)} | "
+            f"{_mean(r.tps):.1f} | {ratio} | {sum(r.high)} | "
+            f"{max(r.peak, default=0) >> 20} MiB |"
+        )
+    return "\n".join(rows)
+
+
+def inside_throughput(args: argparse.Namespace, mount: Path) -> int:
+    t0 = time.monotonic()
+    template = prepare_cluster()
+    try:
+        results = throughput(args, mount, template)
+    finally:
+        template.remove()
+    print(f"\nLinux {os.uname().release}; throughput, no storm: {args.pairs} rounds of "
+          f"pgbench -c 4 -T {args.seconds} flat out (one ledger INSERT per transaction, through "
+          f"pgbouncer, pgbench_accounts prewarmed in shared_buffers, after "
+          f"{WARMUP_S} s of warm-up), {time.monotonic() - t0:.0f} s in all.\n")  # fmt: skip
+    print(throughput_table(results))
+    failed = sum(r.failed for r in results)
+    if failed:
+        print(f"note: {failed} failed transactions or aborted clients in all")
+    return 0
+
+
 # -- the table ----------------------------------------------------------------------------------
 
 
@@ -691,6 +849,8 @@ def inside(args: argparse.Namespace) -> int:
     if mount is None:
         print("bench-postgres: no writable cgroup2 memory controller here", file=sys.stderr)
         return 1
+    if args.throughput:
+        return inside_throughput(args, mount)
     t0 = time.monotonic()
     template = prepare_cluster()
     outcomes: list[Outcome] = []
@@ -720,10 +880,25 @@ def run(argv: Sequence[str]) -> int:
     ap.add_argument("--storms", type=int, default=5, help="storms per layout and shape (5)")
     ap.add_argument("--shapes", default=",".join(SHAPES), help=f"comma list of {', '.join(SHAPES)}")
     ap.add_argument("--layouts", default="A,B", help="A (plain container), B (oomguard)")
+    ap.add_argument(
+        "--throughput",
+        action="store_true",
+        help="the throughput section instead: no storm, pgbench flat out",
+    )
+    ap.add_argument("--pairs", type=int, default=5, help="throughput: rounds (5)")
+    ap.add_argument("--seconds", type=int, default=20, help="throughput: pgbench -T (20)")
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"throughput: comma list of {', '.join(VARIANTS)}",
+    )
     ap.add_argument("--vm-timeout", type=int, default=3600, help="guest time limit, seconds")
     ap.add_argument("--mem", default="3G", help="guest RAM (3G)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(list(argv))
+    for variant in args.variants.split(","):
+        if variant not in VARIANTS:
+            ap.error(f"unknown variant {variant!r}; have {', '.join(VARIANTS)}")
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             ap.error(f"unknown shape {shape!r}; have {', '.join(SHAPES)}")
