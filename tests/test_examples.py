@@ -429,7 +429,7 @@ def test_k8s_container_limit_holds_the_tree() -> None:
     # The README shows this arithmetic; it must be this config's.
     readme = (K8S / "README.md").read_text()
     assert f"**{cfg.primary_low() // MiB}**" in readme
-    assert f"| {tree // MiB} | {limit // MiB} − {(limit - tree) // MiB}" in readme
+    assert f"| {tree // MiB} | {limit // MiB} \N{MINUS SIGN} {(limit - tree) // MiB}" in readme
 
 
 def test_k8s_pod_is_guaranteed_privileged_and_waits_for_the_stop_chain() -> None:

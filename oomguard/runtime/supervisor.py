@@ -1181,7 +1181,13 @@ def _released(done: release.Released) -> dict[str, Any]:
     """A kill's log/event fields for process_mrelease: none where the kernel lacks it."""
     if done.unsupported and not done.released:
         return {}
-    return {"mreleased": done.released, "mrelease_ms": round(done.seconds * 1000, 1)}
+    # `tried` beside `released`: a process that already ran its own exit_mm by the time of the
+    # call (it was scheduled first, as on an idle CPU) is "gone", its memory on its way back.
+    return {
+        "mreleased": done.released,
+        "mrelease_tried": done.tried,
+        "mrelease_ms": round(done.seconds * 1000, 1),
+    }
 
 
 def _vmstat_oom_kill() -> int | None:
