@@ -120,9 +120,16 @@ class MreleaseSyscall:
         self._resolve: Callable[[], Callable[[int], int] | None] | None = resolve
         self._call: Callable[[int], int] | None = None
 
-    def __call__(self, pidfd: int) -> Mrelease:
+    def prepare(self) -> bool:
+        """Resolve the syscall now (once), so that the first call after a kill does not spend
+        the time: a dying process that gets the CPU first drops its memory map itself, and from
+        then on the kernel answers ESRCH although the memory is not back yet. True if usable."""
         if self._resolve is not None:
             self._call, self._resolve = self._resolve(), None
+        return self._call is not None
+
+    def __call__(self, pidfd: int) -> Mrelease:
+        self.prepare()
         if self._call is None or pidfd < 0:
             return "unsupported"
         err = self._call(pidfd)
@@ -143,12 +150,18 @@ class MreleaseSyscall:
 _MRELEASE = MreleaseSyscall()
 
 
+def prepare_mrelease() -> bool:
+    """Resolve process_mrelease ahead of the first kill (in the supervisor's own process)."""
+    return _MRELEASE.prepare()
+
+
 def process_mrelease(pidfd: int) -> Mrelease:
     """Release the memory of the dying process behind `pidfd` now. Never raises.
 
     * ``released``: done (also when exit_mmap or the OOM reaper had already done it);
     * ``unsupported``: no such syscall here (ENOSYS: a kernel older than 5.15, or seccomp);
-    * ``gone``: the process has no memory left to release (ESRCH: it has exited);
+    * ``gone``: ESRCH: the process no longer has a memory map (it has exited, or it got the CPU
+      first and is tearing the map down itself: then its memory is on its way back);
     * ``not_dying``: it is not dying (EINVAL): call this after the SIGKILL, never before;
     * ``busy``: its mmap lock is held (EAGAIN/EINTR); its own exit frees the memory anyway;
     * ``failed``: anything else (EBADF...), equally harmless.

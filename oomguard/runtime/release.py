@@ -28,7 +28,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from oomguard.events.pidfd import close_pidfd, is_alive, open_pidfd, process_mrelease
+from oomguard.events.pidfd import (
+    close_pidfd,
+    is_alive,
+    open_pidfd,
+    prepare_mrelease,
+    process_mrelease,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -38,6 +44,14 @@ if TYPE_CHECKING:
 
 #: pidfds held for one kill, besides the main process's own.
 MAX_PIDFDS = 256
+
+
+def prepare() -> bool:
+    """Resolve process_mrelease at startup. The call must follow the SIGKILL as closely as
+    possible: a dying process that gets the CPU first drops its memory map on its way out, and
+    from then on process_mrelease cannot help (ESRCH) while that process, perhaps starved of CPU,
+    tears the memory down itself."""
+    return prepare_mrelease()
 
 
 def hold_members(fs: CgroupFS, cgroup: CgroupPath, skip: int | None = None) -> list[int]:

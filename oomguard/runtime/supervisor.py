@@ -235,6 +235,8 @@ class Supervisor:
         # tree.build kills with SIGKILL): the last run's survivors get their stop signal.
         self._stop_survivors()
         self._protect_self()
+        # Now, not after the first cgroup.kill: see release.py (and never in a forked child).
+        release.prepare()
         if self.degraded is not None:
             self._setup_degraded()
             for ext in self.extensions:

@@ -7,6 +7,7 @@ import os
 import select
 import signal
 import subprocess
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,6 +16,9 @@ from oomguard.events.loop import EPOLLIN, Loop
 from oomguard.events.pidfd import close_pidfd, is_alive, open_pidfd, send_signal
 from oomguard.runtime.launcher import LaunchSpec, spawn
 from oomguard.runtime.reaper import ExitStatus, Reaper, wait_exited
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin"}
 
@@ -149,3 +153,18 @@ def test_mrelease_of_an_exited_process_is_gone() -> None:
         assert pidfd.MreleaseSyscall()(fd) in ("gone", "unsupported")
     finally:
         os.close(fd)
+
+
+def test_mrelease_prepare_resolves_once_ahead_of_the_first_call() -> None:
+    resolved: list[bool] = []
+
+    def resolve() -> Callable[[int], int]:
+        resolved.append(True)
+        return lambda fd: 0
+
+    mrelease = pidfd.MreleaseSyscall(resolve)
+    assert mrelease.prepare() is True
+    assert mrelease.prepare() is True
+    assert mrelease(7) == "released"
+    assert resolved == [True]
+    assert pidfd.MreleaseSyscall(lambda: None).prepare() is False
