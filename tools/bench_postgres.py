@@ -699,11 +699,14 @@ DEFAULT_VARIANTS = "plain,example,cap,high256"
 @dataclass
 class Throughput:
     variant: str
-    tps: list[float] = field(default_factory=list)
+    #: tps by round number.
+    rounds: dict[int, float] = field(default_factory=dict)
     #: memory.events "high" of the primary's cgroup during the measured runs (throttling).
     high: list[int] = field(default_factory=list)
     peak: list[int] = field(default_factory=list)
     failed: int = 0
+    #: Rounds in which this layout did not come up (no figure).
+    lost: int = 0
 
 
 def _primary_cgroup(layout: PlainContainer | WithOomguard) -> Path:
@@ -763,9 +766,15 @@ def throughput(args: argparse.Namespace, mount: Path, template: Cluster) -> list
     for i in range(args.pairs):
         order = variants if i % 2 == 0 else variants[::-1]
         for v in order:
-            tps, high, peak, failed = throughput_run(v, mount, template, args.seconds)
+            try:
+                tps, high, peak, failed = throughput_run(v, mount, template, args.seconds)
+            except (AssertionError, OSError, subprocess.SubprocessError) as err:
+                # One layout that does not come up (a slow guest) costs its round, not the run.
+                log(f"round {i + 1}/{args.pairs} {v}: FAILED: {str(err)[:2000]}")
+                out[v].lost += 1
+                continue
             rec = out[v]
-            rec.tps.append(tps)
+            rec.rounds[i] = tps
             rec.high.append(high)
             rec.peak.append(peak)
             rec.failed += failed
@@ -783,16 +792,21 @@ def throughput_table(results: Sequence[Throughput]) -> str:
     head = "| layout | tps per round | mean tps | vs plain | primary high events | peak |"
     rows = [head, "|---|---|---|---|---|---|"]
     for r in results:
+        tps = list(r.rounds.values())
         ratio = ""
-        if base is not None and _mean(base.tps):
-            ratio = f"{100 * _mean(r.tps) / _mean(base.tps):.1f} %"
-            # Per round as well: each round's runs are neighbours in time.
-            per = [100 * t / b for t, b in zip(r.tps, base.tps, strict=False) if b]
-            if r is not base and per:
+        if base is not None and base is not r:
+            # Over the rounds both ran, and per round: each round's runs are neighbours in time.
+            both = [k for k in r.rounds if base.rounds.get(k)]
+            mine, theirs = [r.rounds[k] for k in both], [base.rounds[k] for k in both]
+            if both and _mean(theirs):
+                ratio = f"{100 * _mean(mine) / _mean(theirs):.1f} %"
+                per = [100 * r.rounds[k] / base.rounds[k] for k in both]
                 ratio += f" (rounds {min(per):.0f}-{max(per):.0f} %)"
+        elif base is r:
+            ratio = "100 %"
         rows.append(
-            f"| {VARIANTS[r.variant][0]} | {' '.join(f'{t:.0f}' for t in r.tps)} | "
-            f"{_mean(r.tps):.1f} | {ratio} | {sum(r.high)} | "
+            f"| {VARIANTS[r.variant][0]} | {' '.join(f'{t:.0f}' for t in tps) or '-'} | "
+            f"{_mean(tps):.1f} | {ratio} | {sum(r.high)} | "
             f"{max(r.peak, default=0) >> 20} MiB |"
         )
     return "\n".join(rows)
@@ -810,6 +824,9 @@ def inside_throughput(args: argparse.Namespace, mount: Path) -> int:
           f"pgbouncer, pgbench_accounts prewarmed in shared_buffers, after "
           f"{WARMUP_S} s of warm-up), {time.monotonic() - t0:.0f} s in all.\n")  # fmt: skip
     print(throughput_table(results))
+    for r in results:
+        if r.lost:
+            print(f"note: {VARIANTS[r.variant][0]}: {r.lost} rounds lost (did not come up)")
     failed = sum(r.failed for r in results)
     if failed:
         print(f"note: {failed} failed transactions or aborted clients in all")
