@@ -1,10 +1,17 @@
 """Fast release: after oomguard SIGKILLs a slice, give its memory back at once.
 
 A SIGKILLed process frees its memory only when it runs again, in its own exit path (exit_mmap).
-Under memory pressure that can take long: the dying process must be scheduled, may be stalled in
-reclaim itself, and until then the next allocation in the budget stalls or OOMs. process_mrelease
-(`oomguard.events.pidfd.process_mrelease`, Linux 5.15+) does the unmapping in oomguard's context
-instead, right after the kill.
+That can take long: the dying process must get the CPU (on a busy machine, at a lower priority,
+under a CPU quota), and until then the next allocation in the budget stalls or OOMs.
+process_mrelease (`oomguard.events.pidfd.process_mrelease`, Linux 5.15+) does the unmapping in
+oomguard's context instead, right after the kill.
+
+It only helps before the dying process runs: its exit detaches its memory map first, and from
+then on the kernel answers ESRCH ("gone") and the process frees the memory itself. On an idle CPU
+a killed process at oomguard's priority usually preempts oomguard at once, and the call is too
+late but also not needed; measured in the guest (tests/kernel/test_release.py), a killed process
+at nice 19 had its 200 MiB released within the call. That is why the syscall is resolved at
+startup (`prepare`) and called right after the kill, with nothing in between.
 
 Which processes. process_mrelease needs a pidfd. oomguard holds one for each service's main
 process. For the other members of the slice (a parallel job's workers, PostgreSQL's backends) it
