@@ -906,8 +906,8 @@ def run(argv: Sequence[str]) -> int:
     ap.add_argument("--seconds", type=int, default=20, help="throughput: pgbench -T (20)")
     ap.add_argument(
         "--variants",
-        default=",".join(VARIANTS),
-        help=f"throughput: comma list of {', '.join(VARIANTS)}",
+        default=DEFAULT_VARIANTS,
+        help=f"throughput: comma list of {', '.join(VARIANTS)} ({DEFAULT_VARIANTS})",
     )
     ap.add_argument("--vm-timeout", type=int, default=3600, help="guest time limit, seconds")
     ap.add_argument("--mem", default="3G", help="guest RAM (3G)")
