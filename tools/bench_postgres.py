@@ -693,7 +693,7 @@ VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
         {"memory_high": "256M", "watermark": "max"},
     ),
 }
-DEFAULT_VARIANTS = "plain,example,cap,high256"
+DEFAULT_VARIANTS = "plain,example,nolow,cap,high256"
 
 
 @dataclass
