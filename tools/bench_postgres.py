@@ -692,6 +692,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any] | None]] = {
         "oomguard, example + primary memory_high 256M (about its working set)",
         {"memory_high": "256M", "watermark": "max"},
     ),
+    "high224": (
+        "oomguard, example + primary memory_high 224M (just below its working set)",
+        {"memory_high": "224M", "watermark": "max"},
+    ),
 }
 DEFAULT_VARIANTS = "plain,example,nolow,cap,high256"
 
