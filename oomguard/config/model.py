@@ -151,7 +151,16 @@ def _amount(value: object) -> int:
     return size
 
 
-def _duration(value: object, minimum: float = 0.0, positive: bool = False) -> float:
+#: Upper bounds of durations, in seconds. Every duration has one: a deadline of ``now + 1e300``
+#: overflows, and an epoll timeout in milliseconds is a C int (at most ~24.8 days).
+HOUR = 3600.0
+DAY = 24 * HOUR
+WEEK = 7 * DAY
+
+
+def _duration(
+    value: object, minimum: float = 0.0, positive: bool = False, maximum: float = DAY
+) -> float:
     if isinstance(value, bool) or not isinstance(value, str | int | float):
         raise _custom("duration", f"{show(value)} is not a duration; use e.g. 100ms, 30s or 5m")
     try:
@@ -161,10 +170,15 @@ def _duration(value: object, minimum: float = 0.0, positive: bool = False) -> fl
     if seconds < minimum or (positive and seconds <= 0):
         floor = "more than 0" if positive else f"at least {format_duration(minimum)}"
         raise _custom("duration", f"{show(value)} is too short; it must be {floor}")
+    if seconds > maximum:
+        raise _custom(
+            "duration",
+            f"{show(value)} is too long; it must be at most {format_duration(maximum)}",
+        )
     return seconds
 
 
-def _any_duration(value: object) -> float:
+def _start_secs(value: object) -> float:
     return _duration(value)
 
 
@@ -172,10 +186,16 @@ def _positive_duration(value: object) -> float:
     return _duration(value, positive=True)
 
 
+def _long_duration(value: object) -> float:
+    """backoff_reset and restart_window: windows over a service's history, so up to a week."""
+    return _duration(value, positive=True, maximum=WEEK)
+
+
 def _sample_interval(value: object) -> float:
     # Headroom sampling reads memory.current/memory.max of every slice; PSI triggers and
     # memory.events inotify already cover the fast path, so faster than 1 s only burns CPU.
-    return _duration(value, minimum=1.0)
+    # Slower than an hour would leave a pressured budget unjudged for longer than any cooldown.
+    return _duration(value, minimum=1.0, maximum=HOUR)
 
 
 def _int_in(value: object, lo: int, hi: int, rule: str) -> int:
@@ -229,9 +249,13 @@ def _percent(value: object) -> float:
 def _number_or_percent(value: object, scale: float, what: str) -> float:
     if isinstance(value, bool):
         raise _custom("number", f"{show(value)} is not {what}")
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str) and value.strip().endswith("%"):
+    if isinstance(value, int):
+        # A huge TOML integer does not fit a float (OverflowError); it is out of range anyway.
+        number = float(value) if abs(value) < 2**53 else math.inf
+    elif isinstance(value, float):
+        number = value
+    elif isinstance(value, str) and value.isascii() and value.strip().endswith("%"):
+        # isascii: float() also reads other scripts' digits ("٣%").
         try:
             number = float(value.strip()[:-1]) / scale
         except ValueError:
@@ -253,7 +277,7 @@ def _signal(value: object) -> signal.Signals:
         raise bad
     if isinstance(value, str):
         text = value.strip().upper()
-        if text.isdigit():
+        if _is_ascii_number(text):
             value = int(text)
         else:
             try:
@@ -333,16 +357,43 @@ def _env(value: object) -> dict[str, str]:
     return env
 
 
+#: The largest uid/gid: uid_t is 32 bits and (uid_t)-1 means "unchanged" to setresuid(2).
+MAX_ID = 2**32 - 2
+
+
+def _is_ascii_number(text: str) -> bool:
+    """``[0-9]+`` exactly: str.isdigit() alone also accepts "²" (which int() refuses) and "٣"
+    (which int() reads as 3)."""
+    return text.isascii() and text.isdigit()
+
+
 def _ident(value: object) -> str | None:
     """user/group: a name or a numeric id. Resolved by the runtime, not here: /etc/passwd may
     differ between the host that validates and the one that runs."""
     if value is None:
         return None
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+    rule = f"a numeric id is 0..{MAX_ID} in ASCII digits"
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_ID:
+            raise _custom("ident", f"{show(value)} is out of range; {rule}")
         return str(value)
-    if isinstance(value, str) and value and not any(c in value for c in ":\0\n"):
+    if not isinstance(value, str) or not value:
+        raise _custom("ident", f"{show(value)} is not a user/group name or numeric id")
+    if _is_ascii_number(value):
+        if int(value) > MAX_ID:
+            raise _custom("ident", f"{show(value)} is out of range; {rule}")
         return value
-    raise _custom("ident", f"{show(value)} is not a user/group name or numeric id")
+    if any(c.isdigit() for c in value) and not value.isascii():
+        raise _custom(
+            "ident", f"{show(value)} has non-ASCII digits; {rule}, or give the user's name"
+        )
+    if any(c in value for c in ":/") or any(not c.isprintable() or c.isspace() for c in value):
+        raise _custom(
+            "ident",
+            f"{show(value)} is not a user/group name (it has a ':', '/', a space or a control "
+            "character)",
+        )
+    return value
 
 
 def _abs_path(value: object) -> Path | None:
@@ -373,7 +424,13 @@ def _cgroup_root(value: object) -> str | None:
             '"/oomguard"',
         )
     for part in parts:
-        if part in ("", ".", "..") or "\0" in part or len(part.encode()) > 255:
+        if any(ord(c) < 32 or 127 <= ord(c) < 160 for c in part):
+            raise _custom(
+                "cgroup",
+                f"{show(value)} has a control character (a newline, tab or NUL) in "
+                f'{show(part)}; use a plain name such as "/oomguard"',
+            )
+        if part in ("", ".", "..") or len(part.encode("utf-8", "surrogatepass")) > 255:
             raise _custom(
                 "cgroup",
                 f'{show(value)} has an invalid component {show(part)}; use e.g. "/oomguard"',
@@ -388,7 +445,7 @@ def _listen(value: object) -> str | None:
     if not isinstance(value, str):
         raise _custom("listen", bad)
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 1 <= int(port) <= 65535:
+    if not sep or not _is_ascii_number(port) or len(port) > 5 or not 1 <= int(port) <= 65535:
         raise _custom("listen", bad)
     bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
     if any(c.isspace() for c in host) or ("[" in bare or "]" in bare):
@@ -402,10 +459,14 @@ Size = Annotated[int, BeforeValidator(_amount), WithJsonSchema(_SIZE_SCHEMA)]
 """Bytes; "max" refused (memory.min/low, reserve)."""
 LimitSize = Annotated[int | None, BeforeValidator(_limit), WithJsonSchema(_SIZE_SCHEMA)]
 """Bytes, or None for the kernel's "max" (memory.high/max, swap.max)."""
-Duration = Annotated[float, BeforeValidator(_any_duration), WithJsonSchema(_DURATION_SCHEMA)]
+StartSecs = Annotated[float, BeforeValidator(_start_secs), WithJsonSchema(_DURATION_SCHEMA)]
+"""0 .. 1 day."""
 PositiveDuration = Annotated[
     float, BeforeValidator(_positive_duration), WithJsonSchema(_DURATION_SCHEMA)
 ]
+"""More than 0, at most 1 day."""
+LongDuration = Annotated[float, BeforeValidator(_long_duration), WithJsonSchema(_DURATION_SCHEMA)]
+"""More than 0, at most 7 days."""
 SampleInterval = Annotated[
     float, BeforeValidator(_sample_interval), WithJsonSchema(_DURATION_SCHEMA)
 ]
@@ -655,14 +716,21 @@ class ServiceConfig(_Budget):
     user: Ident = None
     group: Ident = None
     env: Env = Field(default_factory=dict)
-    cwd: OptAbsPath = None
+    inherit_env: StrictBool = Field(
+        default=False,
+        description="Pass oomguard's whole environment to the service (then `env` over it). "
+        "Default: a clean environment (PATH, HOME, USER, LOGNAME, SHELL, then `env`).",
+    )
+    cwd: OptAbsPath = Field(
+        default=None, description="Working directory. Default: the user's home, else /."
+    )
     log: Literal["inherit", "prefix"] = "inherit"
-    start_secs: Duration = 1.0
+    start_secs: StartSecs = 1.0
     backoff_initial: PositiveDuration = 0.1
     backoff_max: PositiveDuration = 30.0
-    backoff_reset: PositiveDuration = 60.0
+    backoff_reset: LongDuration = 60.0
     max_restarts: MaxRestarts = 10
-    restart_window: PositiveDuration = 300.0
+    restart_window: LongDuration = 300.0
     essential: StrictBool = Field(
         default=False,
         description="If it fails for good, stop oomguard. Default: true for the primary.",
