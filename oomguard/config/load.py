@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from typing import TYPE_CHECKING, Any
 
@@ -31,12 +32,60 @@ def _fail(source: str, message: str, hint: str) -> ConfigError:
     return err
 
 
+#: The largest config file read. A real one is a few KiB; the cap keeps `validate /dev/zero`-like
+#: mistakes (or a huge generated file) from reading until MemoryError.
+MAX_CONFIG_BYTES = 1 << 20
+#: How deeply tables and arrays may nest. The model's deepest key is 4 levels
+#: (slice.NAME.pressure.key) plus a command list; far deeper input is a mistake, and validating
+#: or reporting it would recurse (pydantic, json.dumps) until RecursionError.
+MAX_DEPTH = 32
+
+
+def _read_capped(path: str | os.PathLike[str], source: str) -> bytes:
+    """The file's bytes. Only a regular file, at most MAX_CONFIG_BYTES: a device (/dev/zero)
+    would read forever and a FIFO would block until someone writes to it."""
+    # O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer.
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise _fail(source, "is a directory", "pass the config file itself")
+        if not stat.S_ISREG(st.st_mode):
+            raise _fail(
+                source,
+                f"is not a regular file (it is a {_kind(st.st_mode)})",
+                "pass a TOML file; write the config to a file first",
+            )
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            fd = -1
+            raw = fh.read(MAX_CONFIG_BYTES + 1)
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise _fail(
+            source,
+            f"is larger than {MAX_CONFIG_BYTES >> 20} MiB, which no oomguard config needs",
+            "check that this is the right file",
+        )
+    return raw
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "device"
+    if stat.S_ISFIFO(mode):
+        return "FIFO"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
 def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The file's TOML as plain data. Raises ConfigError naming the file (and line/column)."""
     source = os.fspath(path)
     try:
-        with open(path, "rb") as fh:
-            raw = fh.read()
+        raw = _read_capped(path, source)
     except FileNotFoundError:
         raise _fail(
             source, "no such file", "check the path; examples/demo.toml is a starting point"
@@ -49,6 +98,8 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     except OSError as err:
         raise _fail(source, f"cannot read: {err.strerror or err}", "check the path") from None
+    except ValueError:  # an embedded NUL in the path
+        raise _fail(source, "is not a valid path (it has a NUL byte)", "fix the path") from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -57,9 +108,43 @@ def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
             source, f"line {line}: not UTF-8 text", "TOML files must be UTF-8; re-save it"
         ) from None
     try:
-        return tomllib.loads(text)
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise _fail(source, _toml_message(str(err)), "fix the TOML syntax there") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise _fail(source, *_too_deep()) from None
+    except ValueError as err:
+        # tomllib lets int() refuse integers of more than 4300 digits (CVE-2020-10735).
+        raise _fail(
+            source, f"TOML value out of range: {str(err)[:80]}", "no oomguard value is that long"
+        ) from None
+    if _data_depth(data) > MAX_DEPTH:
+        raise _fail(source, *_too_deep())
+    return data
+
+
+def _too_deep() -> tuple[str, str]:
+    return (
+        f"tables or arrays nest more than {MAX_DEPTH} levels deep",
+        "no oomguard key is nested that deeply; check for a generated or corrupted file",
+    )
+
+
+def _data_depth(data: object) -> int:
+    """How deeply parsed data nests (dotted keys and [a.b.c] headers nest without brackets)."""
+    deepest = 0
+    todo: list[tuple[object, int]] = [(data, 0)]
+    while todo:
+        value, depth = todo.pop()
+        deepest = max(deepest, depth)
+        if depth > MAX_DEPTH:
+            break
+        if isinstance(value, dict):
+            todo.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            todo.extend((v, depth + 1) for v in value)
+    return deepest
 
 
 def _toml_message(text: str) -> str:
