@@ -383,7 +383,13 @@ def resolve_root(
     from oomguard.cgroup.path import CgroupPath
 
     if root_opt:
-        return CgroupPath.parse(root_opt), "--root"
+        from oomguard.cgroup.path import CgroupPathError
+
+        try:
+            return CgroupPath.parse(root_opt), "--root"
+        except CgroupPathError as err:
+            # A bad option value is a usage error (exit 2), not a runtime failure.
+            raise UsageError(f"--root: {err.message}", err.hint) from None
     if state and isinstance(state.get("root"), str):
         return CgroupPath.parse(state["root"]), "state.json"
     from oomguard.cgroup.discover import own_cgroup

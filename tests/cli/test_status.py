@@ -467,3 +467,13 @@ def test_a_symlinked_state_json_is_not_read(tmp_path: Path) -> None:
     doc, problem = read_state_file(str(tmp_path / "state.json"))
     assert doc is None
     assert problem is not None and "symlink" in problem
+
+
+def test_root_escaping_the_mount_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: exit 1 (a runtime failure) for what is a bad option value.
+    from oomguard.cli.status import fast_main
+
+    assert fast_main(["--root", "../..", "--mount", str(tmp_path)]) == 2
+    assert "--root" in capsys.readouterr().err
