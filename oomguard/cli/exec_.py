@@ -10,12 +10,23 @@ import os
 import re
 import shlex
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
-from oomguard.cli._supervise import CGROUP, INIT, LOG_FORMAT, STATE_DIR, overrides, supervise
+from oomguard.cli._supervise import (
+    CGROUP,
+    INIT,
+    LOG_FORMAT,
+    STATE_DIR,
+    degrade_reason,
+    overrides,
+    supervise,
+)
 from oomguard.errors import ConfigError, ExitCode, Problem, UsageError
+
+if TYPE_CHECKING:
+    from oomguard.config.model import Config
 
 _NAME_RE = re.compile(r"[^a-z0-9_-]+")
 
@@ -28,7 +39,11 @@ def _service_name(argv0: str) -> str:
     return base[:63]
 
 
+_INT_RE = re.compile(r"-?[0-9]+")
+
+
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
+    """``NAME=VALUE`` options, each name once."""
     out: dict[str, str] = {}
     for value in values:
         name, sep, rest = value.partition("=")
@@ -36,8 +51,143 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
             raise UsageError(
                 f"{option} {value!r}: expected NAME=VALUE", hint=f"e.g. {option} exporter=..."
             )
+        if name in out:
+            raise UsageError(
+                f"{option} {name}= is given twice", hint=f"give each {option} name once"
+            )
         out[name] = rest
     return out
+
+
+def _split_command(option: str, name: str, text: str) -> list[str]:
+    try:
+        return shlex.split(text)
+    except ValueError as err:  # an unbalanced quote, or a trailing backslash
+        raise UsageError(
+            f"{option} {name}=: {text!r} cannot be split like a shell would ({err})",
+            hint="balance the quotes inside the sidecar's command",
+        ) from None
+
+
+def _oom_score_adj(text: str | None) -> int | None:
+    # Parsed here, not by click.INT: int() also reads other scripts' digits ("٣" is 3).
+    if text is None:
+        return None
+    if not _INT_RE.fullmatch(text.strip()) or len(text.strip()) > 6:
+        raise UsageError(
+            f"--oom-score-adj {text!r} is not a whole number",
+            hint="give -999..1000 in ASCII digits, e.g. --oom-score-adj -500",
+        )
+    return int(text.strip())
+
+
+class ExecArgs(NamedTuple):
+    """What `exec`'s options ask for, before they become a Config."""
+
+    name: str | None
+    memory_max: str | None
+    memory_high: str | None
+    oom_score_adj: str | None
+    tree_max: str | None
+    sidecars: tuple[str, ...]
+    sidecar_max: tuple[str, ...]
+    sidecars_max: str | None
+    log_format: str | None
+    state_dir: str | None
+    cgroup_root: str | None
+    cmd: tuple[str, ...]
+
+    def limit_options(self) -> list[str]:
+        """The options that ask for a memory limit, as the user typed them."""
+        given = [
+            ("--memory-max", self.memory_max),
+            ("--memory-high", self.memory_high),
+            ("--tree-max", self.tree_max),
+            ("--sidecars-max", self.sidecars_max),
+        ]
+        out = [f"{opt} {value}" for opt, value in given if value is not None]
+        out += [f"--sidecar-memory-max {pair}" for pair in self.sidecar_max]
+        return out
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:  # the directory was removed under us: the launcher's default applies
+        return None
+
+
+def build_config(args: ExecArgs) -> tuple[Config, str]:
+    """The Config `exec` runs, and the primary's name. Raises UsageError or ConfigError (both
+    exit 2). Pure apart from reading the current directory: nothing is spawned or touched."""
+    from oomguard.config.model import Config
+
+    primary = args.name or _service_name(args.cmd[0])
+    data: dict[str, Any] = overrides(
+        state_dir=args.state_dir, cgroup_root=args.cgroup_root, log_format=args.log_format
+    )
+    data.setdefault("oomguard", {})
+    if args.tree_max is not None:
+        data["oomguard"]["memory_max"] = args.tree_max
+    # `exec` wraps a command typed in a shell: like `nice` or `systemd-run --same-dir -E`, it
+    # keeps that shell's environment and directory (a config file's services start clean).
+    cwd = _cwd()
+    shell: dict[str, Any] = {"inherit_env": True, **({"cwd": cwd} if cwd else {})}
+    svc: dict[str, Any] = {"command": list(args.cmd), "role": "primary", "restart": "never"}
+    svc.update(shell)
+    if args.memory_max is not None:
+        svc["memory_max"] = args.memory_max
+    if args.memory_high is not None:
+        svc["memory_high"] = args.memory_high
+    adj = _oom_score_adj(args.oom_score_adj)
+    if adj is not None:
+        svc["oom_score_adj"] = adj
+    services: dict[str, Any] = {primary: svc}
+    limits = _pairs(args.sidecar_max, "--sidecar-memory-max")
+    for sname, scmd in _pairs(args.sidecars, "--sidecar").items():
+        if sname == primary:
+            raise UsageError(
+                f"--sidecar {sname}= has the primary's name {sname!r}",
+                hint="name the sidecar differently, or the command with --name",
+            )
+        side: dict[str, Any] = {
+            "command": _split_command("--sidecar", sname, scmd),
+            "restart": "always",
+            **shell,
+        }
+        if sname in limits:
+            side["memory_max"] = limits.pop(sname)
+        if args.sidecars_max is not None:
+            side["slice"] = "sidecars"
+        services[sname] = side
+    if limits:
+        raise UsageError(
+            f"--sidecar-memory-max names {', '.join(sorted(limits))}, which no --sidecar defines",
+            hint="add --sidecar NAME=COMMAND for it, or fix the name",
+        )
+    data["service"] = services
+    if args.sidecars_max is not None:
+        data["slice"] = {"sidecars": {"memory_max": args.sidecars_max}}
+    try:
+        config = Config.from_mapping(data, source="oomguard exec")
+    except ConfigError as err:
+        raise ConfigError(
+            [_as_option(p, primary) for p in err.problems], source=err.source
+        ) from None
+    return config, primary
+
+
+def refuse_unenforced(asked: list[str], reason: str | None, allow_degraded: bool) -> None:
+    """Fail closed: a limit that was asked for but cannot be enforced is an error (exit 2),
+    unless the user said a degraded run is acceptable. Running the command unlimited would
+    silently give them something other than what they typed."""
+    if reason is None or not asked or allow_degraded:
+        return
+    raise UsageError(
+        f"cannot enforce {', '.join(asked)}: {reason}",
+        hint="run `oomguard check` for what this host needs; or pass --allow-degraded to run "
+        "without the limit (oom_score_adj and OOM detection only)",
+    )
 
 
 @click.command(
@@ -47,7 +197,7 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
 @click.option("--memory-max", default=None, help="memory.max of CMD's slice, e.g. 512M.")
 @click.option("--memory-high", default=None, help="memory.high of CMD's slice (throttling).")
 @click.option(
-    "--oom-score-adj", type=int, default=None, help="oom_score_adj of CMD (default -999)."
+    "--oom-score-adj", default=None, metavar="N", help="oom_score_adj of CMD (default -999)."
 )
 @click.option("--tree-max", default=None, help="memory.max of the whole tree (shared budget).")
 @click.option(
@@ -69,6 +219,13 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
     default=None,
     help="A combined budget (memory.max) for all sidecars, in a 'sidecars' slice.",
 )
+@click.option(
+    "--allow-degraded",
+    is_flag=True,
+    default=False,
+    help="Run even if the memory limits asked for cannot be enforced on this host "
+    "(default: refuse with exit status 2).",
+)
 @INIT
 @LOG_FORMAT
 @STATE_DIR
@@ -78,11 +235,12 @@ def command(
     name: str | None,
     memory_max: str | None,
     memory_high: str | None,
-    oom_score_adj: int | None,
+    oom_score_adj: str | None,
     tree_max: str | None,
     sidecars: tuple[str, ...],
     sidecar_max: tuple[str, ...],
     sidecars_max: str | None,
+    allow_degraded: bool,
     init: bool,
     log_format: str | None,
     state_dir: str | None,
@@ -91,51 +249,28 @@ def command(
 ) -> int:
     """Run CMD as the primary in its own memory-limited slice; exit with its status.
 
-    If the OOM killer kills CMD, print one line saying so and exit 137.
+    If the OOM killer kills CMD, print one line saying so and exit 137. If a memory limit was
+    asked for and this host cannot enforce it, exit 2 (unless --allow-degraded).
     """
-    from oomguard.config.model import Config
-
-    primary = name or _service_name(cmd[0])
     per_run = state_dir is None
     if state_dir is None:
         state_dir = str(per_run_state_dir())
-    data: dict[str, Any] = overrides(
-        state_dir=state_dir, cgroup_root=cgroup_root, log_format=log_format
+    args = ExecArgs(
+        name,
+        memory_max,
+        memory_high,
+        oom_score_adj,
+        tree_max,
+        sidecars,
+        sidecar_max,
+        sidecars_max,
+        log_format,
+        state_dir,
+        cgroup_root,
+        cmd,
     )
-    data.setdefault("oomguard", {})
-    if tree_max is not None:
-        data["oomguard"]["memory_max"] = tree_max
-    svc: dict[str, Any] = {"command": list(cmd), "role": "primary", "restart": "never"}
-    if memory_max is not None:
-        svc["memory_max"] = memory_max
-    if memory_high is not None:
-        svc["memory_high"] = memory_high
-    if oom_score_adj is not None:
-        svc["oom_score_adj"] = oom_score_adj
-    services: dict[str, Any] = {primary: svc}
-    limits = _pairs(sidecar_max, "--sidecar-memory-max")
-    for sname, scmd in _pairs(sidecars, "--sidecar").items():
-        side: dict[str, Any] = {"command": shlex.split(scmd), "restart": "always"}
-        if sname in limits:
-            side["memory_max"] = limits.pop(sname)
-        if sidecars_max is not None:
-            side["slice"] = "sidecars"
-        services[sname] = side
-    if limits:
-        raise UsageError(
-            f"--sidecar-memory-max names {', '.join(sorted(limits))}, which no --sidecar defines",
-            hint="add --sidecar NAME=COMMAND for it, or fix the name",
-        )
-    data["service"] = services
-    if sidecars_max is not None:
-        data["slice"] = {"sidecars": {"memory_max": sidecars_max}}
-    try:
-        config = Config.from_mapping(data, source="oomguard exec")
-    except ConfigError as err:
-        raise ConfigError(
-            [_as_option(p, primary) for p in err.problems], source=err.source
-        ) from None
-
+    config, primary = build_config(args)
+    refuse_unenforced(args.limit_options(), degrade_reason(config), allow_degraded)
     try:
         outcome = supervise(config, init=init)
     finally:
@@ -200,6 +335,13 @@ def _as_option(p: Problem, primary: str) -> Problem:
             return Problem(opt, p.message)
     if len(parts) == 3 and parts[0] == "service" and parts[2] == "memory_max":
         return Problem(f"--sidecar-memory-max {parts[1]}=", p.message)
+    if len(parts) >= 2 and parts[0] == "service":
+        if parts[1] != primary:
+            return Problem(f"--sidecar {parts[1]}=", p.message)
+        if len(parts) == 2:
+            return Problem("--name", p.message)
+        if parts[2].startswith("command"):
+            return Problem("CMD", p.message)
     if p.path == "oomguard.memory_max":
         return Problem("--tree-max", p.message)
     if p.path == "slice.sidecars.memory_max":
