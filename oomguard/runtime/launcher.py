@@ -89,9 +89,12 @@ _RECORD_SIZE = 6
 class LaunchSpec:
     """Everything needed to start one service. Frozen; built by the supervisor from the config.
 
-    `env` is the child's full base environment (nothing is inherited implicitly); `extra_env`
-    is laid over it (e.g. variables oomguard adds per service). `user`/`group` are names or
-    numeric strings; None keeps oomguard's. `oom_score_adj` None keeps oomguard's value.
+    `env` is the child's base environment (nothing is inherited implicitly); `extra_env`
+    is laid over it (e.g. variables oomguard adds per service). With `login_env`, PATH (a fixed
+    default), HOME, USER, LOGNAME and SHELL of whom the service runs as go *under* `env`, as
+    login(1) would set them. `user`/`group` are names or numeric strings; None keeps oomguard's.
+    `cwd` None means the user's home directory (else /) with `home_cwd`, oomguard's own working
+    directory without. `oom_score_adj` None keeps oomguard's value.
     """
 
     name: str
@@ -108,9 +111,13 @@ class LaunchSpec:
     #: asked for itself (PostgreSQL's SIGINT is a clean fast shutdown, where a SIGKILL of the
     #: postmaster leaves its backends running and forces crash recovery).
     death_signal: int | None = None
+    login_env: bool = False
+    home_cwd: bool = False
 
-    def child_env(self) -> dict[str, str]:
-        return {**self.env, **self.extra_env}
+    def child_env(self, login: Mapping[str, str] | None = None) -> dict[str, str]:
+        """`login` (identity variables, see `login_environment`) under `env` under
+        `extra_env`: the config may override PATH or HOME, never oomguard's own variables."""
+        return {**(login or {}), **self.env, **self.extra_env}
 
 
 @dataclass(frozen=True)
@@ -122,6 +129,7 @@ class Credentials:
     groups: tuple[int, ...]
     home: str | None
     name: str | None
+    shell: str | None = None
 
 
 class Stage(IntEnum):
@@ -230,7 +238,9 @@ def resolve_credentials(
     pw: pwd.struct_passwd | None = None
     uid = os.getuid()
     if user is not None:
-        if user.isdigit():
+        # ASCII digits only: str.isdigit() is also true for "²" (which int() refuses) and "٣"
+        # (which int() reads as 3, so the service would run as uid 3).
+        if user.isascii() and user.isdigit():
             uid = int(user)
             try:
                 pw = pwd.getpwuid(uid)
@@ -246,7 +256,7 @@ def resolve_credentials(
                 ) from None
             uid = pw.pw_uid
     if group is not None:
-        if group.isdigit():
+        if group.isascii() and group.isdigit():
             gid = int(group)
         else:
             try:
@@ -273,7 +283,48 @@ def resolve_credentials(
         groups=groups,
         home=pw.pw_dir if pw is not None else None,
         name=pw.pw_name if pw is not None else None,
+        shell=pw.pw_shell if pw is not None else None,
     )
+
+
+#: PATH of a service with a clean environment: systemd's default for system services. Not
+#: oomguard's own PATH, so a service finds the same programs whoever started oomguard.
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+def login_identity(creds: Credentials | None) -> tuple[int, str | None, str | None, str | None]:
+    """(uid, name, home, shell) of whom the service runs as: the passwd entry of its user, or
+    oomguard's own when no user is set. Name, home and shell are None without a passwd entry."""
+    if creds is not None and creds.name is not None:
+        return creds.uid, creds.name, creds.home, creds.shell
+    uid = creds.uid if creds is not None else os.getuid()
+    try:
+        pw = pwd.getpwuid(uid)
+    except (KeyError, OverflowError):
+        return uid, None, None, None
+    return uid, pw.pw_name, pw.pw_dir, pw.pw_shell
+
+
+def login_environment(creds: Credentials | None) -> dict[str, str]:
+    """PATH, HOME, USER, LOGNAME and SHELL for the service's user, as login(1) sets them. A uid
+    without a passwd entry gets HOME=/, its number as USER and LOGNAME, and /bin/sh."""
+    uid, name, home, shell = login_identity(creds)
+    who = name or str(uid)
+    return {
+        "PATH": DEFAULT_PATH,
+        "HOME": home or "/",
+        "USER": who,
+        "LOGNAME": who,
+        # passwd(5): an empty shell field means /bin/sh.
+        "SHELL": shell or "/bin/sh",
+    }
+
+
+def default_cwd(creds: Credentials | None) -> str:
+    """The user's home directory if it is one, else /: like login(1), never oomguard's own
+    working directory, which says nothing about the service."""
+    home = login_identity(creds)[2]
+    return home if home and os.path.isabs(home) and os.path.isdir(home) else "/"
 
 
 def _exec_problem(path: str) -> str | None:
@@ -338,9 +389,9 @@ def resolve_executable(argv0: str, path: str | None, cwd: str | None, *, service
     )
 
 
-def _resolve_cwd(spec: LaunchSpec) -> str | None:
+def _resolve_cwd(spec: LaunchSpec, creds: Credentials | None) -> str | None:
     if spec.cwd is None:
-        return None
+        return default_cwd(creds) if spec.home_cwd else None
     cwd = os.path.abspath(spec.cwd)
     if not os.path.exists(cwd):
         raise LaunchError(
@@ -387,6 +438,8 @@ class _Plan:
     argv: tuple[bytes, ...]
     env: dict[bytes, bytes]
     cwd: bytes | None
+    #: Where to go if `cwd` (a default, not a configured one) cannot be entered as the user.
+    cwd_fallback: bytes | None
     cgroup_fd: int
     oom_score_adj: bytes | None
     reset_signals: tuple[int, ...]
@@ -488,7 +541,12 @@ def _child_main(p: _Plan) -> NoReturn:  # pragma: no cover - runs in the forked 
                 os._exit(127)  # oomguard died before the prctl: start nothing
         if p.cwd is not None:
             stage = Stage.CHDIR
-            os.chdir(p.cwd)
+            try:
+                os.chdir(p.cwd)
+            except OSError:
+                if p.cwd_fallback is None:
+                    raise
+                os.chdir(p.cwd_fallback)
         stage = Stage.EXEC
         # Last: an empty mask, not the parent's (the mask survives exec).
         signal.pthread_sigmask(signal.SIG_SETMASK, ())
@@ -657,8 +715,8 @@ def spawn(
     if not spec.argv:
         raise LaunchError(f"{where}: the command is empty", hint="set the program to run")
     creds = resolve_credentials(spec.user, spec.group, service=spec.name)
-    cwd = _resolve_cwd(spec)
-    env = spec.child_env()
+    cwd = _resolve_cwd(spec, creds)
+    env = spec.child_env(login_environment(creds) if spec.login_env else None)
     exe = resolve_executable(spec.argv[0], env.get("PATH"), cwd, service=spec.name)
 
     warnings: list[str] = []
@@ -721,6 +779,9 @@ def spawn(
             argv=tuple(os.fsencode(a) for a in spec.argv),
             env={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
             cwd=os.fsencode(cwd) if cwd is not None else None,
+            # A home directory the user may not enter (0700 of another owner, a network mount
+            # that is down) falls back to / as login(1) does; a configured cwd never does.
+            cwd_fallback=b"/" if spec.cwd is None and cwd not in (None, "/") else None,
             cgroup_fd=cgroup_fd,
             oom_score_adj=oom_bytes,
             reset_signals=_signals_to_reset(),

@@ -558,9 +558,10 @@ class Supervisor:
 
     def _spawn(self, svc: Service) -> None:
         scfg = svc.cfg
-        # Like supervisord and `docker exec`: the service sees oomguard's environment, with the
-        # config's `env` laid over it.
-        env = {**os.environ, **scfg.env}
+        # A clean environment by default (systemd's rule): the config's `env` over the user's
+        # login variables, never oomguard's own environment and its secrets. inherit_env is
+        # supervisord's rule: everything oomguard has, the config's `env` over it.
+        env = {**os.environ, **scfg.env} if scfg.inherit_env else dict(scfg.env)
         extra = {
             "OOMGUARD_SERVICE": svc.name,
             "OOMGUARD_SLICE": str(svc.cgroup),
@@ -585,6 +586,8 @@ class Supervisor:
             extra_env=extra,
             # If oomguard is killed, the kernel stops the service the way oomguard would have.
             death_signal=int(scfg.stop_signal),
+            login_env=not scfg.inherit_env,
+            home_cwd=True,
         )
         # Start from zero: an OOM of the previous incarnation must not be blamed on this one.
         svc.oom_pending = False
