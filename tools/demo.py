@@ -13,10 +13,12 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -76,6 +78,20 @@ def heartbeat_gaps() -> tuple[int, float, set[str]]:
     return len(beats), max(gaps, default=0.0), pids
 
 
+def _config_in(workdir: Path) -> Path:
+    """examples/demo.toml with `cwd` set to `workdir` for every service: its commands name the
+    workloads relative to the repository, and a service starts in its user's home otherwise."""
+    text = re.sub(
+        r"^(\[service\.[a-z0-9_-]+\]\n)",
+        lambda m: f"{m.group(1)}cwd = {json.dumps(str(workdir))}\n",
+        CONFIG.read_text(),
+        flags=re.MULTILINE,
+    )
+    out = Path(tempfile.gettempdir()) / "oomguard-demo.toml"
+    out.write_text(text)
+    return out
+
+
 def inside() -> int:
     py = sys.executable
     shutil.rmtree(STATE, ignore_errors=True)
@@ -83,7 +99,8 @@ def inside() -> int:
     # Services say "python3": make that the real interpreter, not a slow pyenv shim.
     env["PATH"] = f"{Path(py).parent}:{env.get('PATH', '/usr/bin:/bin')}"
     print(f"demo: oomguard run {CONFIG.relative_to(REPO)}  (Ctrl-C stops it)", flush=True)
-    proc = subprocess.Popen([py, "-m", "oomguard", "run", str(CONFIG)], cwd=REPO, env=env)
+    config = _config_in(REPO)
+    proc = subprocess.Popen([py, "-m", "oomguard", "run", str(config)], cwd=REPO, env=env)
     start = time.monotonic()
     kills = 0
     try:

@@ -5,6 +5,8 @@
 #   $BASE/run/             unix sockets of postgres (5432) and pgbouncer (6432)
 #   $BASE/pgbouncer.ini    pgbouncer's config, paths rewritten for $BASE
 #   $BASE/userlist.txt     pgbouncer's auth file
+#   $BASE/backup-job.sh    the backup sidecar (and storm.py beside it), by absolute path: a
+#                          service starts in its user's home, not in this repository
 #
 # Usage (as root, because the cluster belongs to the "postgres" user):
 #
@@ -88,6 +90,8 @@ sed -e "s#$DEFAULT_BASE#$BASE#g" \
     -e "s#port=5432#port=$PG_PORT#g" \
     "$HERE/pgbouncer.ini" >"$BASE/pgbouncer.ini"
 cp "$HERE/userlist.txt" "$BASE/userlist.txt"
+cp "$HERE/backup-job.sh" "$HERE/storm.py" "$BASE/"
+chmod 0755 "$BASE/backup-job.sh" "$BASE/storm.py"
 chown "$PG_USER:" "$BASE/pgbouncer.ini" "$BASE/userlist.txt"
 chmod 0640 "$BASE/userlist.txt"
 

@@ -103,15 +103,11 @@ def deep_merge(into: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 
 def example_config(base: Path, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """examples/postgres/oomguard.toml as a dict, with every path under the cluster at `base`,
-    the PostgreSQL binary of this host, the sidecar script by absolute path, then `overrides`."""
+    the PostgreSQL binary of this host, then `overrides`."""
     data = tomllib.loads(EXAMPLE_CONFIG.read_text())
     data = _rebase(data, str(base))
     pg = data["service"]["postgres"]
     pg["command"][0] = _tool("postgres")
-    backup = data["service"]["backup"]
-    backup["command"] = [
-        str(REPO / arg) if arg.startswith("examples/") else arg for arg in backup["command"]
-    ]
     return deep_merge(data, overrides or {})
 
 
