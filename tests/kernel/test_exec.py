@@ -12,6 +12,7 @@ import pytest
 from oomguard.cli.exec_ import _service_name
 from tests.kernel.support import (
     PYTHON,
+    REPO,
     assert_no_traceback,
     kill_tree,
     read_jsonl,
@@ -93,3 +94,38 @@ def test_exit_status_is_the_commands(
     assert code == 5, err
     assert re.search(r"hello from sh in /\S+/og/sh$", out, re.M), out
     assert "OOM killer" not in err
+
+
+def test_exec_keeps_the_shells_environment_and_directory(
+    cgroup2_mount: Path, scratch_cgroup: Path, tmp_path: Path
+) -> None:
+    # `exec` wraps a command typed in a shell: unlike a config's services, it keeps the
+    # shell's environment and working directory, and its limit is enforced as usual.
+    code, out, err = _exec_env(
+        cgroup2_mount,
+        scratch_cgroup,
+        tmp_path,
+        "--memory-max",
+        "64M",
+        "--",
+        "/bin/sh",
+        "-c",
+        'echo "var=$OOMGUARD_TEST_VAR"; echo "pwd=$(pwd)"; cat /proc/self/cgroup',
+    )
+    assert_no_traceback(out + err)
+    assert code == 0, err
+    assert "var=from-the-shell" in out
+    assert f"pwd={REPO}" in out
+    assert re.search(r"^0::/\S+/og/sh$", out, re.M), out
+
+
+def _exec_env(mount: Path, scratch: Path, tmp_path: Path, *args: str) -> tuple[int, str, str]:
+    root = scratch / "og"
+    try:
+        proc = run_once(
+            ["exec", "--cgroup", rel(mount, root), "--state-dir", str(tmp_path / "state"), *args],
+            env={"OOMGUARD_TEST_VAR": "from-the-shell"},
+        )
+    finally:
+        kill_tree(scratch)
+    return proc.returncode, proc.stdout, proc.stderr
