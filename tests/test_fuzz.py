@@ -159,7 +159,9 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
             path, fields = draw(st.sampled_from(TABLES))
             table = data
             for part in path:
-                table = table.setdefault(part, {})
+                if not isinstance(table.get(part), dict):
+                    table[part] = {}  # an earlier edit put a scalar here
+                table = table[part]
             table[draw(st.sampled_from(fields))] = draw(st.one_of(SANE, VALUE))
         return data
     services = draw(st.dictionaries(NAMES, _table(list(ServiceConfig.model_fields)), max_size=3))
