@@ -257,6 +257,11 @@ def _assert_clean(rc: int, err: str, what: object) -> None:
 def workdir() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="oomguard-fuzz-") as d:
         yield d
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _report() -> Iterator[None]:
+    yield
     print(
         f"\nfuzz: {TRIED['config']} generated configs, {TRIED['malformed']} malformed config "
         f"files ({TRIED['valid']} of all files valid), {TRIED['exec']} exec command lines "
