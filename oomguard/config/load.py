@@ -35,9 +35,9 @@ def _fail(source: str, message: str, hint: str) -> ConfigError:
 #: The largest config file read. A real one is a few KiB; the cap keeps `validate /dev/zero`-like
 #: mistakes (or a huge generated file) from reading until MemoryError.
 MAX_CONFIG_BYTES = 1 << 20
-#: How deeply tables and arrays may nest. The model's deepest key is 4 levels
-#: (slice.NAME.pressure.key) plus a command list; far deeper input is a mistake, and validating
-#: or reporting it would recurse (pydantic, json.dumps) until RecursionError.
+#: How deeply tables and arrays may nest. The model's deepest key is 4 levels (a slice's
+#: pressure thresholds) plus a command list; far deeper input is a mistake, and validating or
+#: reporting it would recurse (pydantic, json.dumps) until RecursionError.
 MAX_DEPTH = 32
 
 
