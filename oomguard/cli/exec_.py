@@ -51,12 +51,25 @@ def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
             raise UsageError(
                 f"{option} {value!r}: expected NAME=VALUE", hint=f"e.g. {option} exporter=..."
             )
+        _check_utf8(f"{option} {name!r}=", name)
         if name in out:
             raise UsageError(
                 f"{option} {name}= is given twice", hint=f"give each {option} name once"
             )
         out[name] = rest
     return out
+
+
+def _check_utf8(option: str, text: str) -> None:
+    # Bytes that are not UTF-8 reach Python as lone surrogates; no name may hold them (a name
+    # becomes a cgroup directory and a config key), and pydantic cannot even render them.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UsageError(
+            f"{option} is not valid UTF-8",
+            hint="use a name of a-z, 0-9, _ and -",
+        ) from None
 
 
 def _split_command(option: str, name: str, text: str) -> list[str]:
@@ -122,6 +135,8 @@ def build_config(args: ExecArgs) -> tuple[Config, str]:
     exit 2). Pure apart from reading the current directory: nothing is spawned or touched."""
     from oomguard.config.model import Config
 
+    if args.name is not None:
+        _check_utf8("--name", args.name)
     primary = args.name or _service_name(args.cmd[0])
     data: dict[str, Any] = overrides(
         state_dir=args.state_dir, cgroup_root=args.cgroup_root, log_format=args.log_format

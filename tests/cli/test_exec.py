@@ -156,3 +156,15 @@ def test_exec_keeps_the_shells_environment_and_directory(
     for name in ("db", "a"):
         assert cfg.service[name].inherit_env is True
         assert str(cfg.service[name].cwd) == os.getcwd()
+
+
+@pytest.mark.parametrize(
+    "argv", [["--name", "\udcff"], ["--sidecar", "\udcff=x"], ["--sidecar-memory-max", "\udcff=1M"]]
+)
+def test_names_that_are_not_utf8_are_a_usage_error(
+    fake: FakeRun, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    # Found by the fuzz: pydantic could not render the error of a non-UTF-8 service name
+    # (an internal error, exit 70).
+    rc, err = _exec(fake, capsys, *argv, "--", "db")
+    assert rc == 2 and "not valid UTF-8" in err
