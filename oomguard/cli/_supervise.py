@@ -96,13 +96,14 @@ def degrade_reason(config: Config) -> str | None:
     d = discover()
     reason: str | None = None
     fix = "run `oomguard check` for what this host offers and how to fix it"
+    # With the default root the tree goes under our own cgroup, so its controllers decide. An
+    # explicit `cgroup` may sit anywhere on the mount, but nowhere on it can have memory if the
+    # mount root does not list it (memory bound to v1): without this check the builder would
+    # mkdir on a mount where the tree can never work and fail there.
+    where = d.controllers if config.oomguard.cgroup is None else d.root_controllers
     if d.mount is None:
         reason = "no cgroup v2 mount"
-    elif (
-        config.oomguard.cgroup is None
-        and d.controllers is not None
-        and "memory" not in d.controllers
-    ):
+    elif where is not None and "memory" not in where:
         if d.memory_on_v1:
             reason = "the memory controller is on cgroup v1 (hybrid host)"
         else:
