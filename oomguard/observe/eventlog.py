@@ -26,6 +26,7 @@ import errno
 import json
 import math
 import os
+import stat
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -276,14 +277,28 @@ def _valid_ts(ts: object) -> bool:
     return math.isfinite(ts) and 0 <= ts <= TS_MAX
 
 
+def open_event_file(path: Path) -> int:
+    """A read-only fd for an event file, or -1 if there is none to read. The readers run as
+    whoever asks (often root): like the writer, they never follow a symlink planted in the
+    state directory, and never block on a FIFO or read a device in its place (O_NONBLOCK,
+    then a regular-file check); anything else counts as no file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return -1
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return -1
+    return fd
+
+
 def _read_lines(path: Path) -> Iterator[bytes]:
     """Complete lines of `path`; a last line without its newline is still being written (or was
     torn by a crash) and is skipped."""
-    try:
-        f = path.open("rb")
-    except FileNotFoundError:
+    fd = open_event_file(path)
+    if fd < 0:
         return
-    with f:
+    with os.fdopen(fd, "rb") as f:
         for raw in f:
             if raw.endswith(b"\n"):
                 yield raw
@@ -325,9 +340,8 @@ class EventFollower:
         self._open(at_end=not from_start)
 
     def _open(self, *, at_end: bool) -> None:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
+        fd = open_event_file(self.path)
+        if fd < 0:
             return
         st = os.fstat(fd)
         self._fd, self._ino = fd, st.st_ino

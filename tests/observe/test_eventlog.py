@@ -326,3 +326,26 @@ def test_follower_restarts_after_truncation(tmp_path: Path) -> None:
         os.truncate(path, 0)
         log.append("c")
     assert [e["kind"] for e in follower.read_new()] == ["c"]
+
+
+def test_readers_never_follow_a_symlink_or_block_on_a_fifo(tmp_path: Path) -> None:
+    # The readers (`oomguard events`, often run as root) opened events.jsonl by path: a link
+    # planted there was followed (its target's JSON-looking lines were shown), and a FIFO in
+    # its place blocked `oomguard events` for good.
+    from oomguard.observe.eventlog import EventFollower, events_path, read_events
+
+    target = tmp_path / "secret.jsonl"
+    target.write_text('{"ts": 1.0, "kind": "secret", "prog": "x"}\n')
+    state = tmp_path / "state"
+    state.mkdir()
+    events_path(state).symlink_to(target)
+    assert list(read_events(state)) == []
+    follower = EventFollower(state, from_start=True)
+    assert not follower.is_open
+    follower.close()
+    events_path(state).unlink()
+    os.mkfifo(events_path(state))
+    assert list(read_events(state)) == []
+    follower = EventFollower(state, from_start=True)
+    assert not follower.is_open
+    follower.close()
