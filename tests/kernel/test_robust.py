@@ -6,16 +6,23 @@
   the primary, and still supervises (an OOM-killed sidecar is restarted afterwards).
 * ``kill -9`` of oomguard: each service's main process gets its stop signal from the kernel
   (PR_SET_PDEATHSIG) and exits.
+* 200 idle connections to the metrics endpoint of a running supervisor: its thread count stays
+  bounded and a scrape still answers.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import time
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.kernel.pressure_support import free_port, scrape, shared_budget, value, wait_beating
+from tests.kernel.pressure_support import workload as fast_workload
 from tests.kernel.support import (
     assert_no_traceback,
     procs,
@@ -27,7 +34,6 @@ from tests.kernel.support import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from pathlib import Path
 
 pytestmark = pytest.mark.kernel
 
@@ -168,3 +174,60 @@ def test_a_killed_oomguard_takes_its_services_with_it(
         )
         seen = set(lines(log))
     assert {"TERM db", "INT pg"} <= seen, seen
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no Threads: line for pid {pid}")
+
+
+def test_200_idle_metrics_connections_cost_no_threads_and_a_scrape_still_answers(
+    cgroup2_mount: Path, scratch_cgroup: Path, tmp_path: Path
+) -> None:
+    """A running supervisor's exporter, not a bare server: 200 clients that connect and say
+    nothing. Before, each held a thread for as long as it stayed (200 connections, 202
+    threads); now silent connections wait in one selector thread, so oomguard keeps at most
+    1 (main) + 1 (selector) + MAX_WORKERS threads, and a scrape among them still answers."""
+    from oomguard.observe.metrics import MAX_WORKERS
+
+    beat = tmp_path / "heartbeat"
+    port = free_port()
+    config = shared_budget(
+        beat,
+        {
+            "steady": {
+                "command": fast_workload("steady"),
+                "criticality": 80,
+                "env": {"STEADY_MB": "8"},
+            }
+        },
+        metrics_listen=f"127.0.0.1:{port}",
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    idle: list[socket.socket] = []
+    with start_run(tmp_path, cgroup2_mount, scratch_cgroup, config) as og:
+        pids = og.wait_running("db", "steady")
+        wait_beating(og, beat, pids["db"])
+        assert "oomguard" in Path(f"/proc/{og.pid}/cmdline").read_text()
+        try:
+            for _ in range(200):
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=30))
+            time.sleep(1.0)  # let the server take them all in
+            held = _threads(og.pid)
+            samples = scrape(url)
+            after_scrape = _threads(og.pid)
+        finally:
+            for s in idle:
+                s.close()
+        assert og.service_state("db") is not None
+        code = og.stop()
+        output = og.output()
+
+    assert_no_traceback(output)
+    assert code == 0, output
+    assert held <= 2 + MAX_WORKERS, held
+    assert after_scrape <= 2 + MAX_WORKERS, after_scrape
+    assert value(samples, "oomguard_service_up", service="db") == 1
+    assert value(samples, "oomguard_service_up", service="steady") == 1
