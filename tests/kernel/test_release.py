@@ -162,7 +162,7 @@ time.sleep(100000)
 )
 
 
-def test_an_oom_killed_sidecars_slice_is_released_at_once(
+def test_an_oom_killed_sidecars_slice_is_emptied_without_mrelease(
     cgroup2_mount: Path, scratch_cgroup: Path, tmp_path: Path
 ) -> None:
     config = {
@@ -181,15 +181,11 @@ def test_an_oom_killed_sidecars_slice_is_released_at_once(
         og.wait_running("db", "job")
         kill = og.wait_event("kill", "job", timeout=180)[0]
         assert kill["reason"] == "oom_kill", kill
-        # The main process and the 40 MiB worker (and the OOM victim if it was still listed).
-        # At least the first call wins the race: the second may find its process already
-        # tearing its map down (scheduled while oomguard released the first).
-        assert kill["mrelease_tried"] >= 2, kill
-        assert kill["mreleased"] >= 1, kill
-        assert kill["mrelease_ms"] >= 0, kill
+        # No process_mrelease on the OOM path: the kernel's oom_reaper reaps the victim, and
+        # racing it let a later OOM take the primary (runtime/supervisor.py `_kill_cgroup`).
+        assert kill.get("mrelease_tried", 0) == 0, kill
         slice_ = og.cgroup("job")
         wait_until(
             lambda: _current(slice_) <= NEAR_ZERO, "the job's memory.current near 0", timeout=30
         )
         print(f"\nkill event: {kill}; memory.current now {_current(slice_)} bytes")
-        assert "mreleased=" in og.output(), "the log line records it too"

@@ -328,7 +328,7 @@ def test_primary_is_never_the_victim_10_of_10(
     assert_no_traceback(output)
     assert code == 0, output
     # First: the primary was never replaced (a restart would explain any size figure below).
-    assert pids_of(og, "db") == [db_pid], counter_events(og)
+    assert pids_of(og, "db") == [db_pid], (og.events("exit", "db"), counter_events(og))
     assert db_current > 64 * MiB, "the primary must be the largest process in the tree"
     kills = counter_events(og)
     assert len(kills) >= RUNS, kills
