@@ -261,6 +261,16 @@ def remove_state(state_dir: Path) -> None:
         state_path(state_dir).unlink()
 
 
+def is_zombie(pid: int, proc_root: Path = Path("/proc")) -> bool | None:
+    """True if `pid` has exited but is not reaped yet (state Z), False if it runs, None if
+    /proc has no such process. A zombie still answers kill(pid, 0) and pidfd_send_signal."""
+    try:
+        with open(proc_root / str(pid) / "stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return None
+
+
 def pid_alive(pid: int, start_ticks: int | None = None, proc_root: Path = Path("/proc")) -> bool:
     """True if `pid` exists and, when `start_ticks` is known, is the same process (no reuse)."""
     if pid <= 0:

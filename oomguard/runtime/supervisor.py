@@ -39,6 +39,7 @@ from oomguard.observe.eventlog import EventLog
 from oomguard.observe.sink import SELF, OutputSink
 from oomguard.observe.state import (
     TreeLedger,
+    is_zombie,
     make_state,
     proc_start_ticks,
     read_state,
@@ -1222,11 +1223,7 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     # A zombie still "exists" for kill(0); /proc state tells it apart.
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+    return is_zombie(pid) is False
 
 
 def _b64(text: str) -> str:

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from oomguard.observe.state import proc_start_ticks
+from oomguard.observe.state import is_zombie, proc_start_ticks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -187,8 +187,4 @@ def _alive(s: Survivor) -> bool:
     except OSError:
         return True
     # A zombie (not reaped: its parent is gone or init) counts as stopped.
-    try:
-        with open(f"/proc/{s.pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+    return is_zombie(s.pid) is False

@@ -250,3 +250,15 @@ def test_state_writer_alive_rejects_malformed_pids() -> None:
 def test_writer_alive_is_false_for_an_unusable_state_file(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).write_text("{")
     assert not writer_alive(tmp_path)
+
+
+def test_is_zombie_tells_running_exited_and_absent_apart(tmp_path: Path) -> None:
+    from oomguard.observe.state import is_zombie
+
+    proc = tmp_path / "proc"
+    for pid, state in ((10, "S"), (11, "Z")):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "stat").write_text(f"{pid} (a) b) {state} 1 2 3\n")
+    assert is_zombie(10, proc) is False
+    assert is_zombie(11, proc) is True  # the comm may hold ")": split on the last one
+    assert is_zombie(12, proc) is None
