@@ -78,9 +78,11 @@ from oomguard.config.fields import (
 )
 from oomguard.config.warnings import config_warnings
 from oomguard.errors import ConfigError, Problem
+from oomguard.plan import LogFormat, LogMode, PsiTriggerSpec
 
 # At run time, not under TYPE_CHECKING: pydantic resolves field annotations when a model class
 # is created.
+from oomguard.policy.pressure import Mode  # noqa: TC001
 from oomguard.policy.restart import RestartPolicy  # noqa: TC001
 from oomguard.units import format_duration, parse_duration
 
@@ -141,7 +143,7 @@ class PsiTrigger(_Model):
 
     def kernel_line(self) -> str:
         """What to write to the memory.pressure fd (microseconds)."""
-        return f"{self.kind} {round(self.stall * 1e6)} {round(self.window * 1e6)}"
+        return PsiTriggerSpec(self.kind, self.stall, self.window).kernel_line()
 
     def __str__(self) -> str:
         return f"{self.kind} {format_duration(self.stall)} {format_duration(self.window)}"
@@ -209,8 +211,8 @@ class OomguardSection(_Model):
         description='Tree root under the cgroup2 mount, e.g. "/oomguard"; '
         'default "<own cgroup>/oomguard".',
     )
-    mode: Literal["enforce", "observe"] = "enforce"
-    log_format: Literal["kv", "json"] = "kv"
+    mode: Mode = "enforce"
+    log_format: LogFormat = "kv"
     metrics_listen: Listen = None
     require_cgroups: StrictBool = Field(
         default=False,
@@ -292,7 +294,7 @@ class ServiceConfig(BudgetConfig):
     cwd: OptAbsPath = Field(
         default=None, description="Working directory. Default: the user's home, else /."
     )
-    log: Literal["inherit", "prefix"] = "inherit"
+    log: LogMode = "inherit"
     start_secs: StartSecs = 1.0
     backoff_initial: PositiveDuration = 0.1
     backoff_max: PositiveDuration = 30.0
