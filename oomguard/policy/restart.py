@@ -92,7 +92,6 @@ start is not downtime. A controlled restart's downtime is measured the same way,
 
 from __future__ import annotations
 
-import math
 import signal as _signal
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -105,7 +104,6 @@ StopReason: TypeAlias = Literal["shutdown", "evict", "controlled_restart", "oom_
 #: A value in an Emit's fields: plain scalars only, so the event log can write it as-is.
 FieldValue: TypeAlias = str | int | float | bool | None
 
-_RESTART_POLICIES: tuple[str, ...] = get_args(RestartPolicy)
 _STOP_REASONS: tuple[str, ...] = get_args(StopReason)
 # 2.0**1024 overflows a float; any exponent this large is far past every sane backoff_max.
 _MAX_EXPONENT = 1000
@@ -130,7 +128,9 @@ DOWN_STATES = frozenset({State.STOPPED, State.EXITED, State.FATAL, State.EVICTED
 class RestartParams:
     """How one service is restarted and stopped. Durations are seconds.
 
-    Programmer errors (the config model validates user input first) raise ValueError.
+    Not re-checked here: the only producer is the compiled Plan (``config/compile.py``), whose
+    config field types bound every value (durations finite and > 0, ``start_secs`` and
+    ``backoff_reset`` >= 0, ``backoff_initial <= backoff_max``, a real signal number).
     """
 
     restart: RestartPolicy = "on-failure"
@@ -143,27 +143,6 @@ class RestartParams:
     essential: bool = False
     stop_timeout: float = 10.0
     stop_signal: int = int(_signal.SIGTERM)
-
-    def __post_init__(self) -> None:
-        if self.restart not in _RESTART_POLICIES:
-            raise ValueError(f"restart={self.restart!r}: use one of {', '.join(_RESTART_POLICIES)}")
-        for name in ("start_secs", "backoff_reset"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name}={value!r}: must be a finite duration >= 0")
-        for name in ("backoff_initial", "backoff_max", "restart_window", "stop_timeout"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name}={value!r}: must be a finite duration > 0")
-        if self.backoff_max < self.backoff_initial:
-            raise ValueError(
-                f"backoff_max={self.backoff_max!r} is below "
-                f"backoff_initial={self.backoff_initial!r}"
-            )
-        if self.max_restarts < 0:
-            raise ValueError(f"max_restarts={self.max_restarts!r}: must be >= 0")
-        if not 1 <= self.stop_signal < _signal.NSIG:
-            raise ValueError(f"stop_signal={self.stop_signal!r}: not a signal number")
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, Literal, NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
 from oomguard.errors import LaunchError
 from oomguard.events.pidfd import close_pidfd, send_signal
@@ -60,6 +60,8 @@ from oomguard.runtime.reaper import wait_exited
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
+
+    from oomguard.plan import LogMode
 
 __all__ = [
     "Child",
@@ -76,8 +78,6 @@ __all__ = [
     "spawn",
 ]
 
-
-LogMode = Literal["inherit", "prefix"]
 
 #: CAP_SYS_RESOURCE's bit in /proc/<pid>/status CapEff (<linux/capability.h>).
 _CAP_SYS_RESOURCE = 24
@@ -712,6 +712,8 @@ def spawn(
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("spawn() must be called from the main thread")
     where = f"service.{spec.name}"
+    # Kept although the config refuses an empty command: LaunchSpec is also built outside the
+    # Plan (runtime/oneshot.py, tests), and argv[0] is read just below.
     if not spec.argv:
         raise LaunchError(f"{where}: the command is empty", hint="set the program to run")
     creds = resolve_credentials(spec.user, spec.group, service=spec.name)
@@ -722,11 +724,9 @@ def spawn(
     warnings: list[str] = []
     oom_bytes: bytes | None = None
     if spec.oom_score_adj is not None:
+        # In range by construction: the Plan's oom_score_adj is bounded by the config's field
+        # type (-999..1000), and oomguard's own adj is what the kernel gave it.
         adj = spec.oom_score_adj
-        if not -1000 <= adj <= 1000:
-            raise LaunchError(
-                f"{where}.oom_score_adj: {adj} is out of range", hint="use -1000..1000"
-            )
         current = _read_own_oom_score_adj()
         if adj < current and not can_lower_oom_score_adj():
             # Decided here, not in the child: the child cannot log, and a refused write is a

@@ -551,24 +551,6 @@ def test_exit_info() -> None:
         ExitInfo(code=0, signal=9)
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "match"),
-    [
-        ({"restart": "sometimes"}, "restart="),
-        ({"backoff_initial": 0.0}, "backoff_initial"),
-        ({"backoff_initial": 5.0, "backoff_max": 1.0}, "backoff_max"),
-        ({"start_secs": -1.0}, "start_secs"),
-        ({"restart_window": float("inf")}, "restart_window"),
-        ({"max_restarts": -1}, "max_restarts"),
-        ({"stop_signal": 0}, "stop_signal"),
-        ({"stop_timeout": 0.0}, "stop_timeout"),
-    ],
-)
-def test_params_validation(kwargs: dict[str, object], match: str) -> None:
-    with pytest.raises(ValueError, match=match):
-        RestartParams(**kwargs)  # type: ignore[arg-type]
-
-
 def test_stop_reason_validation() -> None:
     with pytest.raises(ValueError, match="stop reason"):
         Stop("bored")  # type: ignore[arg-type]
