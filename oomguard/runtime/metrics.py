@@ -7,7 +7,7 @@ wherever oomguard runs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from oomguard.errors import OomguardError
 
@@ -44,9 +44,6 @@ class MetricsExtension:
 
     def deadline(self) -> float | None:
         return self.next_at
-
-    def on_ready(self, value: Any, mask: int) -> None:
-        """No fds of its own: the HTTP server runs in its own thread."""
 
     def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
         self.changed = True

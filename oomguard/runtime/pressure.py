@@ -54,7 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from oomguard.cgroup.parse import parse_limit, parse_meminfo
 from oomguard.errors import OomguardError, Vanished
-from oomguard.events.psi import PsiTrigger
+from oomguard.events.psi import PsiWatch
 from oomguard.policy import pressure as pp
 from oomguard.policy import restart as rp
 from oomguard.units import format_size
@@ -83,7 +83,7 @@ class Budget:
     state: pp.PressureState = field(default_factory=pp.PressureState)
     high_delta: int = 0
     psi_fired: bool = False
-    trigger: PsiTrigger | None = None
+    trigger: PsiWatch | None = None
     next_at: float | None = None
     #: The previous PSI reading (`_stall`): when, memory.pressure ``some total`` (µs), and the
     #: stall rate (%) between the two readings before that.
@@ -237,8 +237,9 @@ class PressureResponse:
             due.append(self.follow_at)
         return min(due) if due else None
 
-    def on_ready(self, value: Any, mask: int) -> None:
-        budget = self.budgets.get(value)
+    def _on_psi(self, name: str, mask: int) -> None:
+        """The loop handler of a budget's PSI trigger fd."""
+        budget = self.budgets.get(name)
         if budget is None:
             return
         if mask & (select.EPOLLERR | select.EPOLLHUP):
@@ -306,7 +307,7 @@ class PressureResponse:
         if budget.name == TREE_BUDGET:
             trig = sup.config.oomguard.pressure.psi_trigger
         try:
-            budget.trigger = PsiTrigger(
+            budget.trigger = PsiWatch(
                 sup.fs.file_path(budget.cgroup, "memory.pressure"),
                 trig.kind,
                 trig.stall,
@@ -317,7 +318,10 @@ class PressureResponse:
             # windows: the budget still works on memory.events alone.
             sup.log.warn("psi_unavailable", budget=budget.name, error=str(err))
             return
-        sup.loop.add(budget.trigger.fileno(), select.EPOLLPRI, ("ext", (self, budget.name)))
+        name = budget.name
+        sup.loop.add(
+            budget.trigger.fileno(), select.EPOLLPRI, lambda mask: self._on_psi(name, mask)
+        )
 
     def _drop_trigger(self, budget: Budget) -> None:
         if budget.trigger is None or self.sup is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -267,3 +268,18 @@ def test_event_log_write_failures_are_counted_and_warned_once_per_burst(
     assert state["event_log_dropped"] == 5
     sup.emit("pressure", None, avg10=1.0)
     assert "event_log_recovered" in out.getvalue()
+
+
+def test_the_loop_calls_each_source_s_own_handler(
+    sup: Supervisor, fs: FakeCgroupFS, tmp_path: Path
+) -> None:
+    # Registered with handlers (no tag to dispatch on): the signal queue's wake-up fd and the
+    # inotify fd of memory.events.local.
+    assert sup.signals is not None
+    assert sup.signals.fileno() in sup.loop and sup.inotify.fileno() in sup.loop
+    bump(fs, PAIR, oom=1)
+    assert sup.loop.run_once(5) == 1
+    assert [e["slice"] for e in events(tmp_path, "oom")] == [str(PAIR)]
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert sup.loop.run_once(5) == 1
+    assert sup.shutdown is not None and sup.shutdown.reason == "received SIGTERM"
