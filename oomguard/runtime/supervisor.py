@@ -30,7 +30,7 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from oomguard.cgroup import tree as treemod
 from oomguard.cgroup.spec import SUPERVISOR_LEAF
@@ -53,6 +53,7 @@ from oomguard.observe.statedir import StateDir
 from oomguard.policy import ranking
 from oomguard.policy import restart as rp
 from oomguard.runtime import launcher, release
+from oomguard.runtime.context import Extension, SupervisorContext
 from oomguard.runtime.reaper import Reaper, become_subreaper
 from oomguard.units import format_size
 
@@ -75,32 +76,6 @@ DROP_REPORT_INTERVAL = 10.0
 
 #: Counters of memory.events(.local) that we log when they rise.
 _EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
-
-
-class Extension(Protocol):
-    """What plugs into the loop besides the restart policy: the pressure response, metrics.
-
-    oomd's lesson: the engine knows only a tiny contract. Each method is called from the loop
-    thread; none may block.
-    """
-
-    def setup(self, sup: Supervisor) -> None:
-        """After the tree is built and services are known, before the first start."""
-
-    def deadline(self) -> float | None:
-        """Earliest monotonic time this extension needs a `tick` (None: none)."""
-
-    def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
-        """memory.events.local of `path` rose by `delta` (high/max: throttling, reclaim)."""
-
-    def tick(self, now: float) -> None:
-        """Called every loop turn after events are handled (cheap when nothing is due)."""
-
-    def after_turn(self) -> None:
-        """Called once per loop turn after state changes were applied (e.g. publish metrics)."""
-
-    def close(self) -> None:
-        """Release fds. Called exactly once, also on error paths."""
 
 
 @dataclass(eq=False)
@@ -240,8 +215,7 @@ class Supervisor:
         release.prepare()
         if self.degraded is not None:
             self._setup_degraded()
-            for ext in self.extensions:
-                ext.setup(self)
+            self._setup_extensions()
             return
         # The no-internal-process rule: oomguard moves itself into its own leaf first, then
         # controllers can be enabled for the slices (see cgroup/tree.py).
@@ -282,8 +256,13 @@ class Supervisor:
             self.inotify.watch_removal(self.fs.dir(path), path)
         self.loop.add(self.inotify.fileno(), select.EPOLLIN, lambda _mask: self._on_inotify())
         self._make_services(lambda name: self.built.paths[name] if self.built else self.self_cgroup)
+        self._setup_extensions()
+
+    def _setup_extensions(self) -> None:
+        """Extensions see the supervisor only through the narrow context (runtime/context)."""
+        ctx = SupervisorContext(self)
         for ext in self.extensions:
-            ext.setup(self)
+            ext.setup(ctx)
 
     def _stop_survivors(self) -> None:
         """Stop what a killed supervisor on this state dir left running (runtime/survivors.py).
