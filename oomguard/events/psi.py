@@ -13,7 +13,7 @@ this module:
 - Without CAP_SYS_RESOURCE (kernels >= 6.5 accept unprivileged triggers at all) the window must be
   a multiple of 2 s; the kernel answers anything else with EINVAL. Windows are capped at 10 s,
   and older kernels also require >= 500 ms.
-- One trigger per fd (a second write is EBUSY); open a new PsiTrigger per threshold.
+- One trigger per fd (a second write is EBUSY); open a new PsiWatch per threshold.
 - PSI is weak without swap (anonymous memory cannot be reclaimed, so tasks hit OOM instead of
   stalling). Combine it with memory.events ``high`` and headroom checks.
 """
@@ -60,8 +60,11 @@ def trigger_line(kind: str, stall_s: float, window_s: float) -> bytes:
     return f"{kind} {stall_us} {window_us}\0".encode()
 
 
-class PsiTrigger:
+class PsiWatch:
     """An armed PSI trigger on one pressure file. Owns its fd; `close()` disarms it.
+
+    Named apart from the config model `oomguard.config.model.PsiTrigger`, which only describes
+    the trigger to arm (kind, stall, window).
 
     Raises `Vanished` if the cgroup is gone, `CgroupError` (with a hint) for a trigger the kernel
     refuses.
@@ -115,7 +118,7 @@ class PsiTrigger:
             fd, self._fd = self._fd, -1
             os.close(fd)
 
-    def __enter__(self) -> PsiTrigger:
+    def __enter__(self) -> PsiWatch:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -123,7 +126,7 @@ class PsiTrigger:
 
     def __repr__(self) -> str:
         return (
-            f"PsiTrigger({str(self.path)!r}, {self.kind!r}, stall_s={self.stall_s}, "
+            f"PsiWatch({str(self.path)!r}, {self.kind!r}, stall_s={self.stall_s}, "
             f"window_s={self.window_s}, fd={self._fd})"
         )
 

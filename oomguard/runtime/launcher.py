@@ -59,7 +59,7 @@ from oomguard.observe.sink import OutputSink
 from oomguard.runtime.reaper import wait_exited
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
     from oomguard.plan import LogMode
 
@@ -877,7 +877,7 @@ def spawn(
 
 @dataclass(frozen=True)
 class PumpKey:
-    """The loop key under which `OutputPump` registers one output pipe."""
+    """One of `OutputPump`'s output pipes: what its loop handler hands to `on_ready`."""
 
     fd: int
 
@@ -885,7 +885,7 @@ class PumpKey:
 class _Registry(Protocol):
     """What the pump needs from the loop (`oomguard.events.loop.Loop` satisfies it)."""
 
-    def add(self, fd: int, events: int, key: PumpKey, /) -> None: ...
+    def add(self, fd: int, events: int, handler: Callable[[int], None], /) -> None: ...
 
     def remove(self, fd: int, /) -> None: ...
 
@@ -909,9 +909,9 @@ class OutputPump:
     than `max_line` are split; a last line without a newline is flushed at EOF.
 
     The pump owns the pipes it is given (`attach` takes them from the Child) and registers them
-    in the loop with ``EPOLLIN`` under `PumpKey`; the supervisor calls `on_ready(key)` for those
-    keys. Lines go out through one `OutputSink` per destination (pass `sinks` to share them,
-    e.g. stderr's with the log): never a blocking write. When whoever reads oomguard's output
+    in the loop with ``EPOLLIN``, each with a handler that calls `on_ready(key)`. Lines go out
+    through one `OutputSink` per destination (pass `sinks` to share them, e.g. stderr's with
+    the log): never a blocking write. When whoever reads oomguard's output
     stalls, lines beyond the sink's bound are dropped and counted (`OutputSink.dropped_by`,
     per service), and the pipes keep being drained, so neither the loop nor the services block.
     """
@@ -967,13 +967,16 @@ class OutputPump:
             self._streams[fd] = _Stream(child.name, fd, dst)
             key = PumpKey(fd)
             try:
-                self._loop.add(fd, select.EPOLLIN, key)
+                self._loop.add(fd, select.EPOLLIN, self._handler(key))
             except BaseException:
                 del self._streams[fd]
                 os.close(fd)
                 raise
             keys.append(key)
         return keys
+
+    def _handler(self, key: PumpKey) -> Callable[[int], None]:
+        return lambda _mask: self.on_ready(key)
 
     def on_ready(self, key: PumpKey, budget: int = 1 << 20) -> None:
         """Read what is available (up to `budget` bytes, for fairness between services; the

@@ -7,7 +7,7 @@ wherever oomguard runs."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from oomguard.errors import OomguardError
 
@@ -15,38 +15,37 @@ if TYPE_CHECKING:
     from oomguard.cgroup.path import CgroupPath
     from oomguard.observe.metrics import Metrics
     from oomguard.observe.snapshot import TreeSnapshot
-    from oomguard.runtime.supervisor import Supervisor
+    from oomguard.runtime.context import Context
 
 
 class MetricsExtension:
+    """An `Extension`: it sees the supervisor only through its `Context`."""
+
     def __init__(self, listen: str, refresh: float = 5.0) -> None:
         self.listen = listen
         self.refresh = refresh
-        self.sup: Supervisor | None = None
+        self.ctx: Context | None = None
         self.metrics: Metrics | None = None
         self.next_at: float | None = None
         self.changed = True
 
-    def setup(self, sup: Supervisor) -> None:
+    def setup(self, ctx: Context) -> None:
         from oomguard.observe.metrics import start_metrics
 
-        self.sup = sup
+        self.ctx = ctx
         # The HTTP thread wakes every poll_interval to notice close(): 2 s keeps an idle
         # oomguard with metrics on at ~0.7 wake-ups/s (with the 5 s refresh) and bounds the
         # extra shutdown time to 2 s.
-        self.metrics = start_metrics(self.listen, mode=sup.config.oomguard.mode, poll_interval=2.0)
+        self.metrics = start_metrics(self.listen, mode=ctx.mode, poll_interval=2.0)
         if self.metrics.host in ("0.0.0.0", "::"):
             # ":port" (or 0.0.0.0 / [::]) means every interface, as with other exporters; say
             # so, since the figures (service names, memory) then reach whoever reaches the host.
-            sup.log.info("metrics", url=self.metrics.url, interfaces="all")
+            ctx.log.info("metrics", url=self.metrics.url, interfaces="all")
         else:
-            sup.log.info("metrics", url=self.metrics.url)
+            ctx.log.info("metrics", url=self.metrics.url)
 
     def deadline(self) -> float | None:
         return self.next_at
-
-    def on_ready(self, value: Any, mask: int) -> None:
-        """No fds of its own: the HTTP server runs in its own thread."""
 
     def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
         self.changed = True
@@ -56,37 +55,30 @@ class MetricsExtension:
             self.changed = True
 
     def after_turn(self) -> None:
-        sup = self.sup
-        if sup is None or self.metrics is None:
+        ctx = self.ctx
+        if ctx is None or self.metrics is None:
             return
-        if not (self.changed or sup.dirty):
+        if not (self.changed or ctx.changed):
             return
         self.changed = False
-        snap = self._snapshot(sup)
-        services = sup.state_services()
-        downtime = sum(s.rec.downtime(sup.now) for s in sup.services.values() if s.is_primary)
-        for name, svc in services.items():
-            if svc.get("role") == "primary":
-                svc["downtime_total"] = round(downtime, 3)
-            del name
         self.metrics.publish(
-            snap,
-            services,
-            degraded=sup.degraded is not None,
-            output_dropped=sup.output_dropped(),
+            self._snapshot(ctx),
+            ctx.state_services(),
+            degraded=ctx.root is None,
+            output_dropped=ctx.output_dropped(),
         )
-        self.next_at = sup.now + self.refresh
+        self.next_at = ctx.now + self.refresh
 
     @staticmethod
-    def _snapshot(sup: Supervisor) -> TreeSnapshot | None:
-        if sup.built is None:
+    def _snapshot(ctx: Context) -> TreeSnapshot | None:
+        if ctx.root is None:
             return None  # degraded: no tree of ours to read
         from oomguard.observe.snapshot import take_snapshot
 
         try:
-            return take_snapshot(sup.fs, sup.built.root)
+            return take_snapshot(ctx.fs, ctx.root)
         except OomguardError as err:
-            sup.log.warn("metrics_snapshot_failed", error=str(err))
+            ctx.log.warn("metrics_snapshot_failed", error=str(err))
             return None
 
     def close(self) -> None:

@@ -9,6 +9,9 @@ One thread, one flat epoll loop (`events.loop.Loop`), no asyncio:
 * PSI trigger fds (EPOLLPRI only: the fd is always readable, see `events.psi`), one per budget;
 * the signal queue's wake-up fd: handlers only enqueue, the loop dispatches (uvicorn's rule).
 
+Each fd is registered with its own handler (`Loop.add(fd, mask, handler)`, sd_event style); an
+extension registers its fds the same way and is called back directly.
+
 The loop sleeps until the earliest policy deadline (a backoff, start_secs, a stop timeout, a
 pressure sample), or forever when nothing is pending: an idle supervisor makes no wake-ups.
 
@@ -27,13 +30,13 @@ import select
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from oomguard.cgroup import tree as treemod
 from oomguard.cgroup.spec import SUPERVISOR_LEAF
 from oomguard.errors import CgroupError, LaunchError, OomguardError, Vanished
 from oomguard.events.inotify import InotifyWatcher, WatchEvent
-from oomguard.events.loop import Loop
+from oomguard.events.loop import Handler, Loop
 from oomguard.events.signals import SignalQueue, disposition, signal_name
 from oomguard.observe.eventlog import EventLog
 from oomguard.observe.sink import SELF, OutputSink
@@ -50,6 +53,7 @@ from oomguard.observe.statedir import StateDir
 from oomguard.policy import ranking
 from oomguard.policy import restart as rp
 from oomguard.runtime import launcher, release
+from oomguard.runtime.context import Extension, SupervisorContext
 from oomguard.runtime.reaper import Reaper, become_subreaper
 from oomguard.units import format_size
 
@@ -72,35 +76,6 @@ DROP_REPORT_INTERVAL = 10.0
 
 #: Counters of memory.events(.local) that we log when they rise.
 _EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
-
-
-class Extension(Protocol):
-    """What plugs into the loop besides the restart policy: the pressure response, metrics.
-
-    oomd's lesson: the engine knows only a tiny contract. Each method is called from the loop
-    thread; none may block.
-    """
-
-    def setup(self, sup: Supervisor) -> None:
-        """After the tree is built and services are known, before the first start."""
-
-    def deadline(self) -> float | None:
-        """Earliest monotonic time this extension needs a `tick` (None: none)."""
-
-    def on_ready(self, value: Any, mask: int) -> None:
-        """An fd this extension registered under ("ext", (self, value)) is ready."""
-
-    def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
-        """memory.events.local of `path` rose by `delta` (high/max: throttling, reclaim)."""
-
-    def tick(self, now: float) -> None:
-        """Called every loop turn after events are handled (cheap when nothing is due)."""
-
-    def after_turn(self) -> None:
-        """Called once per loop turn after state changes were applied (e.g. publish metrics)."""
-
-    def close(self) -> None:
-        """Release fds. Called exactly once, also on error paths."""
 
 
 @dataclass(eq=False)
@@ -182,7 +157,7 @@ class Supervisor:
         self.services: dict[str, Service] = {}
         self.by_pid: dict[int, Service] = {}
         self.built: treemod.BuiltTree | None = None
-        self.loop: Loop[tuple[str, Any]] = Loop()
+        self.loop = Loop()
         self.inotify: InotifyWatcher[CgroupPath] = InotifyWatcher()
         self.signals: SignalQueue | None = None
         self.reaper = Reaper(subreaper=False)
@@ -220,7 +195,7 @@ class Supervisor:
         # Queue signals before anything can fork: a SIGTERM during startup must not be lost,
         # and as PID 1 the kernel drops SIGTERM unless a handler is installed.
         self.signals = SignalQueue()
-        self.loop.add(self.signals.fileno(), select.EPOLLIN, ("signal", None))
+        self.loop.add(self.signals.fileno(), select.EPOLLIN, lambda _mask: self._on_signals())
         if self.init:
             # PID 1 reaps orphans implicitly; elsewhere --init asks to become their reaper.
             ok = os.getpid() == 1 or become_subreaper()
@@ -240,8 +215,7 @@ class Supervisor:
         release.prepare()
         if self.degraded is not None:
             self._setup_degraded()
-            for ext in self.extensions:
-                ext.setup(self)
+            self._setup_extensions()
             return
         # The no-internal-process rule: oomguard moves itself into its own leaf first, then
         # controllers can be enabled for the slices (see cgroup/tree.py).
@@ -280,10 +254,15 @@ class Supervisor:
             # A removed cgroup sends no IN_IGNORED to watches on its files (seen on 6.1); the
             # parent directory's IN_DELETE|IN_ISDIR does arrive, reported as VANISHED.
             self.inotify.watch_removal(self.fs.dir(path), path)
-        self.loop.add(self.inotify.fileno(), select.EPOLLIN, ("inotify", None))
+        self.loop.add(self.inotify.fileno(), select.EPOLLIN, lambda _mask: self._on_inotify())
         self._make_services(lambda name: self.built.paths[name] if self.built else self.self_cgroup)
+        self._setup_extensions()
+
+    def _setup_extensions(self) -> None:
+        """Extensions see the supervisor only through the narrow context (runtime/context)."""
+        ctx = SupervisorContext(self)
         for ext in self.extensions:
-            ext.setup(self)
+            ext.setup(ctx)
 
     def _stop_survivors(self) -> None:
         """Stop what a killed supervisor on this state dir left running (runtime/survivors.py).
@@ -373,7 +352,7 @@ class Supervisor:
                     self.sinks[fd] = sink
                     self._own_sinks.append(sink)
             self.pump = launcher.OutputPump(
-                _PumpRegistry(self.loop),
+                self.loop,
                 width,
                 stdout_fd=self.stdout_fd,
                 stderr_fd=self.stderr_fd,
@@ -421,10 +400,9 @@ class Supervisor:
                 self._flush_state()
                 self._watch_sinks()
                 timeout = self._timeout()
-                ready = self.loop.poll(timeout)
+                ready = self.loop.wait(timeout)
                 self.now = self.clock()
-                for key, mask in ready:
-                    self._dispatch(key, mask)
+                self.loop.dispatch(ready)
                 self._tick()
             self._flush_state()
             return self._outcome()
@@ -449,24 +427,6 @@ class Supervisor:
         if not due:
             return None
         return max(0.0, min(due) - self.clock())
-
-    def _dispatch(self, key: tuple[str, Any], mask: int) -> None:
-        kind, value = key
-        if kind == "signal":
-            self._on_signals()
-        elif kind == "pidfd":
-            self._on_exits()
-        elif kind == "inotify":
-            self._on_inotify()
-        elif kind == "pump" and self.pump is not None:
-            self.pump.on_ready(value)
-        elif kind == "sink":
-            value.flush()
-        elif kind == "ext":
-            ext, inner = value
-            ext.on_ready(inner, mask)
-        else:
-            raise AssertionError(f"unknown loop key {kind!r}")
 
     def _tick(self) -> None:
         # Deadlines due at the same moment (several restarts after one shared-budget OOM) are
@@ -610,10 +570,10 @@ class Supervisor:
         self.by_pid[child.pid] = svc
         self.reaper.track(child.pid)
         if child.pidfd >= 0:
-            self.loop.add(child.pidfd, select.EPOLLIN, ("pidfd", svc.name))
+            # Any exit reaps every tracked child (one waitid pass), so one handler serves all.
+            self.loop.add(child.pidfd, select.EPOLLIN, lambda _mask: self._on_exits())
         if self.pump is not None and (child.stdout_fd >= 0 or child.stderr_fd >= 0):
-            for key in self.pump.attach(child):
-                del key  # the pump registered them in the loop under ("pump", key)
+            self.pump.attach(child)  # registers the pipes in the loop with its own handlers
         self.feed(svc, rp.Spawned(child.pid))
 
     def _signal(self, svc: Service, signum: int) -> None:
@@ -948,7 +908,7 @@ class Supervisor:
         for sink in {id(s): s for s in self.sinks.values()}.values():
             fd = sink.poll_fd()
             if sink.pending and fd >= 0 and fd not in self._sink_fds:
-                self.loop.add(fd, select.EPOLLOUT, ("sink", sink))
+                self.loop.add(fd, select.EPOLLOUT, _flush_on_ready(sink))
                 self._sink_fds[fd] = sink
         for fd, sink in list(self._sink_fds.items()):
             if not sink.pending or sink.poll_fd() != fd:
@@ -1177,17 +1137,13 @@ class Supervisor:
         return trig.kernel_line()
 
 
-class _PumpRegistry:
-    """Lets the output pump register its pipes in the supervisor's loop under ("pump", key)."""
+def _flush_on_ready(sink: OutputSink) -> Handler:
+    """The loop handler of a sink's fd: writable, so write out what is buffered."""
 
-    def __init__(self, loop: Loop[tuple[str, Any]]) -> None:
-        self._loop = loop
+    def on_writable(_mask: int) -> None:
+        sink.flush()
 
-    def add(self, fd: int, events: int, key: launcher.PumpKey, /) -> None:
-        self._loop.add(fd, events, ("pump", key))
-
-    def remove(self, fd: int, /) -> None:
-        self._loop.remove(fd)
+    return on_writable
 
 
 def _released(done: release.Released) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import pytest
 
 from oomguard.errors import CgroupError, Vanished
 from oomguard.events.loop import EPOLLPRI, Loop
-from oomguard.events.psi import PsiTrigger, trigger_line
+from oomguard.events.psi import PsiWatch, trigger_line
 from oomguard.runtime.launcher import can_lower_oom_score_adj
 
 SYSTEM = Path("/proc/pressure/memory")
@@ -44,14 +44,15 @@ def test_trigger_line_rejects_what_the_kernel_would(
 @needs_psi
 def test_armed_trigger_registers_for_epollpri_only() -> None:
     # 1.9 s of stall in a 2 s window: it will not fire on an idle test host.
-    with PsiTrigger(SYSTEM, "some", 1.9, 2.0) as trig, Loop[str]() as loop:
+    with PsiWatch(SYSTEM, "some", 1.9, 2.0) as trig, Loop() as loop:
         fd = trig.fileno()
         # The pressure file is always POLLIN (a seq file): that is not "fired".
         p = select.poll()
         p.register(fd, select.POLLIN)
         assert p.poll(0) == [(fd, select.POLLIN)]
-        loop.add(fd, EPOLLPRI, "psi")
-        assert loop.poll(0) == []
+        seen: list[int] = []
+        loop.add(fd, EPOLLPRI, seen.append)
+        assert loop.run_once(0) == 0 and seen == []
         loop.remove(fd)
     assert trig.closed
     with pytest.raises(ValueError, match="closed"):
@@ -63,19 +64,19 @@ def test_armed_trigger_registers_for_epollpri_only() -> None:
 @pytest.mark.skipif(PRIVILEGED, reason="with CAP_SYS_RESOURCE any window is allowed")
 def test_unprivileged_window_must_be_a_multiple_of_two_seconds() -> None:
     with pytest.raises(CgroupError) as ei:
-        PsiTrigger(SYSTEM, "some", 0.1, 1.0)
+        PsiWatch(SYSTEM, "some", 0.1, 1.0)
     assert "refused PSI trigger 'some 100000 1000000'" in ei.value.message
     assert ei.value.hint and "multiple of 2s" in ei.value.hint
 
 
 def test_missing_cgroup_is_vanished(tmp_path: Path) -> None:
     with pytest.raises(Vanished, match="is gone"):
-        PsiTrigger(tmp_path / "gone" / "memory.pressure")
+        PsiWatch(tmp_path / "gone" / "memory.pressure")
 
 
 def test_missing_pressure_file_explains_psi_is_off(tmp_path: Path) -> None:
     with pytest.raises(CgroupError) as ei:
-        PsiTrigger(tmp_path / "memory.pressure")
+        PsiWatch(tmp_path / "memory.pressure")
     assert not isinstance(ei.value, Vanished)
     assert ei.value.hint and "psi=1" in ei.value.hint
 
@@ -84,4 +85,4 @@ def test_a_file_that_refuses_triggers_is_an_error(tmp_path: Path) -> None:
     # /dev/full refuses every write with ENOSPC: stands in for an unexpected kernel answer,
     # and proves the fd is closed on failure.
     with pytest.raises(CgroupError, match="cannot arm PSI trigger 'some 100000 2000000'"):
-        PsiTrigger(Path("/dev/full"))
+        PsiWatch(Path("/dev/full"))

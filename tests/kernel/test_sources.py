@@ -11,7 +11,7 @@ import pytest
 
 from oomguard.events.inotify import InotifyWatcher, WatchEvent
 from oomguard.events.loop import EPOLLERR, EPOLLIN, EPOLLPRI, Loop
-from oomguard.events.psi import PsiTrigger
+from oomguard.events.psi import PsiWatch
 from oomguard.runtime.launcher import Child, LaunchSpec, spawn
 from oomguard.runtime.reaper import ExitStatus, Reaper
 
@@ -38,10 +38,30 @@ def leaf(scratch_cgroup: Path) -> Path:
     return path
 
 
+class Tagged:
+    """A `Loop` whose handlers record ``(name, mask)``: `poll` runs one turn and returns what
+    fired, so the tests assert which source woke the loop, with which mask."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+        self.seen: list[tuple[str, int]] = []
+
+    def add(self, fd: int, mask: int, name: str) -> None:
+        self.loop.add(fd, mask, lambda ready: self.seen.append((name, ready)))
+
+    def remove(self, fd: int) -> None:
+        self.loop.remove(fd)
+
+    def poll(self, timeout: float) -> list[tuple[str, int]]:
+        self.loop.run_once(timeout)
+        seen, self.seen = self.seen, []
+        return seen
+
+
 @pytest.fixture
-def loop() -> Iterator[Loop[str]]:
-    with Loop[str]() as lp:
-        yield lp
+def loop() -> Iterator[Tagged]:
+    with Loop() as lp:
+        yield Tagged(lp)
 
 
 def start(argv: tuple[str, ...], cgroup: Path) -> Child:
@@ -52,9 +72,7 @@ def start(argv: tuple[str, ...], cgroup: Path) -> Child:
         os.close(fd)
 
 
-def test_oom_kill_raises_inotify_and_pidfd_and_reaps_as_sigkill(
-    leaf: Path, loop: Loop[str]
-) -> None:
+def test_oom_kill_raises_inotify_and_pidfd_and_reaps_as_sigkill(leaf: Path, loop: Tagged) -> None:
     (leaf / "memory.max").write_text("32M")
     before = counters(leaf / "memory.events.local")
     reaper = Reaper(subreaper=False)
@@ -87,11 +105,11 @@ def test_oom_kill_raises_inotify_and_pidfd_and_reaps_as_sigkill(
     assert after["oom_kill"] - before["oom_kill"] == 1
 
 
-def test_psi_trigger_fires_when_the_slice_is_throttled(leaf: Path, loop: Loop[str]) -> None:
+def test_psi_trigger_fires_when_the_slice_is_throttled(leaf: Path, loop: Tagged) -> None:
     # memory.high never OOM-kills: it throttles the allocator, and that stall is memory
     # pressure. 100 ms of it in a 1 s window must fire the trigger.
     (leaf / "memory.high").write_text("8M")
-    with PsiTrigger(leaf / "memory.pressure", "some", 0.1, 1.0) as trig:
+    with PsiWatch(leaf / "memory.pressure", "some", 0.1, 1.0) as trig:
         loop.add(trig.fileno(), EPOLLPRI, "psi")
         assert loop.poll(0) == []  # armed, not fired: the always-set POLLIN is not reported
         child = start(("dd", "if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"), leaf)
@@ -111,8 +129,8 @@ def test_psi_trigger_fires_when_the_slice_is_throttled(leaf: Path, loop: Loop[st
     assert counters(leaf / "memory.events")["high"] > 0
 
 
-def test_removed_slice_reports_epollerr_on_its_psi_trigger(leaf: Path, loop: Loop[str]) -> None:
-    with PsiTrigger(leaf / "memory.pressure", "some", 0.5, 2.0) as trig:
+def test_removed_slice_reports_epollerr_on_its_psi_trigger(leaf: Path, loop: Tagged) -> None:
+    with PsiWatch(leaf / "memory.pressure", "some", 0.5, 2.0) as trig:
         loop.add(trig.fileno(), EPOLLPRI, "psi")
         assert loop.poll(0) == []
         leaf.rmdir()
@@ -132,7 +150,7 @@ def test_removed_slice_is_reported_vanished_by_its_removal_watch(leaf: Path) -> 
         assert watcher.keys() == []
 
 
-def test_cgroup_events_populated_flip_raises_inotify(leaf: Path, loop: Loop[str]) -> None:
+def test_cgroup_events_populated_flip_raises_inotify(leaf: Path, loop: Tagged) -> None:
     with InotifyWatcher[str]() as watcher:
         assert watcher.watch(leaf / "cgroup.events", "svc")
         loop.add(watcher.fileno(), EPOLLIN, "inotify")

@@ -17,6 +17,7 @@ from oomguard.cgroup.path import CgroupPath
 from oomguard.cli import status
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
+from oomguard.runtime.context import SupervisorContext
 from oomguard.runtime.metrics import MetricsExtension
 from oomguard.runtime.supervisor import Supervisor
 
@@ -109,7 +110,7 @@ def test_metrics_publish_the_services_without_a_tree(sup: Supervisor) -> None:
     ext = MetricsExtension("127.0.0.1:0")
     published = _Published()
     # setup() would start the HTTP server; the publication is what is under test.
-    ext.sup, ext.metrics = sup, published  # type: ignore[assignment]
+    ext.ctx, ext.metrics = SupervisorContext(sup), published  # type: ignore[assignment]
     ext.after_turn()
     # Before, the extension returned early without a tree: no service series ever.
     assert len(published.calls) == 1

@@ -25,7 +25,6 @@ from oomguard.runtime.launcher import (
     Child,
     LaunchSpec,
     OutputPump,
-    PumpKey,
     can_lower_oom_score_adj,
     resolve_credentials,
     resolve_executable,
@@ -562,19 +561,17 @@ def test_stdio_pipes_created_below_three_are_moved_up() -> None:
 # --- prefix mode ------------------------------------------------------------------------------
 
 
-def _pump_until_done(loop: Loop[object], pump: OutputPump) -> None:
+def _pump_until_done(loop: Loop, pump: OutputPump) -> None:
     deadline = time.monotonic() + 20
     while pump.active:
         assert time.monotonic() < deadline, "output pipes never reached EOF"
-        for key, _mask in loop.poll(1.0):
-            assert isinstance(key, PumpKey)
-            pump.on_ready(key)
+        loop.run_once(1.0)  # the pump's own handlers read the pipes
 
 
 def test_prefix_lines_padded_and_split_by_stream(spawned: Spawner) -> None:
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
-    with Loop[object]() as loop:
+    with Loop() as loop:
         pump = OutputPump(loop, width=len("pgbouncer"), stdout_fd=out_w, stderr_fd=err_w)
         db = spawned(
             "sh",
@@ -585,6 +582,7 @@ def test_prefix_lines_padded_and_split_by_stream(spawned: Spawner) -> None:
         )
         keys = pump.attach(db)
         assert len(keys) == 2 and db.stdout_fd == -1 and db.stderr_fd == -1
+        assert all(key.fd in loop for key in keys)
         _pump_until_done(loop, pump)
         assert len(loop) == 0
         pump.close()  # closes the sinks it opened on out_w/err_w, so the readers see EOF
@@ -602,7 +600,7 @@ def test_prefix_lines_padded_and_split_by_stream(spawned: Spawner) -> None:
 
 def test_prefix_splits_overlong_lines_and_grows_width(spawned: Spawner) -> None:
     out_r, out_w = os.pipe()
-    with Loop[object]() as loop:
+    with Loop() as loop:
         pump = OutputPump(loop, stdout_fd=out_w, stderr_fd=out_w, max_line=4)
         child = spawned("printf", "abcdefghij\\nxy\\n", name="backup", log="prefix")
         pump.attach(child)
@@ -623,7 +621,7 @@ def test_prefix_splits_overlong_lines_and_grows_width(spawned: Spawner) -> None:
 def test_pump_close_flushes_and_survives_a_closed_stdout(spawned: Spawner) -> None:
     out_r, out_w = os.pipe()
     os.close(out_r)  # whoever reads oomguard's stdout is gone: writes get EPIPE
-    with Loop[object]() as loop:
+    with Loop() as loop:
         pump = OutputPump(loop, stdout_fd=out_w, stderr_fd=out_w)
         child = spawned("echo", "lost", name="m", log="prefix")
         pump.attach(child)

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from oomguard.cgroup.path import CgroupPath
 from oomguard.config.model import Config
+from oomguard.runtime.context import ServiceView, build_views
 from oomguard.runtime.pressure import sidecar_groups
 
 
@@ -17,13 +19,19 @@ def config(services: dict[str, dict[str, Any]], slices: dict[str, Any] | None = 
     return Config.from_mapping(body, source="test")
 
 
+def views(cfg: Config) -> list[ServiceView]:
+    """The services as the pressure response sees them (runtime/context.py)."""
+    where = {name: (CgroupPath.parse(f"/og/{name}"), 50) for name in cfg.service}
+    return list(build_views(cfg, where, {})[0].values())
+
+
 def ancestors_of_primary(cfg: Config) -> set[str]:
     return {*cfg.slice_chain(cfg.primary_name), cfg.primary_name}
 
 
 def test_loose_sidecars_are_each_their_own_group() -> None:
     cfg = config({"db": {"role": "primary"}, "a": {}, "b": {}})
-    assert sidecar_groups(cfg, cfg.service) == {"a": (), "b": ()}
+    assert sidecar_groups(views(cfg)) == {"a": (), "b": ()}
 
 
 def test_a_slice_of_sidecars_is_one_group() -> None:
@@ -31,7 +39,7 @@ def test_a_slice_of_sidecars_is_one_group() -> None:
         {"db": {"role": "primary"}, "a": {"slice": "side"}, "b": {"slice": "side"}},
         {"side": {"memory_max": "100M"}},
     )
-    assert sidecar_groups(cfg, cfg.service) == {"side": ()}
+    assert sidecar_groups(views(cfg)) == {"side": ()}
 
 
 def test_a_slice_around_the_primary_never_gets_one_its_other_members_do() -> None:
@@ -43,11 +51,11 @@ def test_a_slice_around_the_primary_never_gets_one_its_other_members_do() -> Non
         },
         {"main": {"memory_max": "1G"}, "batch": {"parent": "main"}},
     )
-    groups = sidecar_groups(cfg, cfg.service)
+    groups = sidecar_groups(views(cfg))
     assert groups == {"pooler": ("main",), "batch": ("main",)}
     assert not set(groups) & ancestors_of_primary(cfg)
 
 
 def test_groups_with_nothing_evictable_get_none() -> None:
     cfg = config({"db": {"role": "primary"}, "keep": {"evictable": False}, "go": {}})
-    assert sidecar_groups(cfg, cfg.service) == {"go": ()}
+    assert sidecar_groups(views(cfg)) == {"go": ()}

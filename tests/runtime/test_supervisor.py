@@ -10,6 +10,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -17,7 +19,9 @@ import pytest
 from oomguard.cgroup.path import CgroupPath
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
+from oomguard.policy import restart as rp
 from oomguard.runtime import supervisor as supmod
+from oomguard.runtime.context import SupervisorContext
 from oomguard.runtime.supervisor import Supervisor
 from tests.cgroup.fakefs import FakeCgroupFS
 
@@ -267,3 +271,47 @@ def test_event_log_write_failures_are_counted_and_warned_once_per_burst(
     assert state["event_log_dropped"] == 5
     sup.emit("pressure", None, avg10=1.0)
     assert "event_log_recovered" in out.getvalue()
+
+
+def test_the_loop_calls_each_source_s_own_handler(
+    sup: Supervisor, fs: FakeCgroupFS, tmp_path: Path
+) -> None:
+    # Registered with handlers (no tag to dispatch on): the signal queue's wake-up fd and the
+    # inotify fd of memory.events.local.
+    assert sup.signals is not None
+    assert sup.signals.fileno() in sup.loop and sup.inotify.fileno() in sup.loop
+    bump(fs, PAIR, oom=1)
+    assert sup.loop.run_once(5) == 1
+    assert [e["slice"] for e in events(tmp_path, "oom")] == [str(PAIR)]
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert sup.loop.run_once(5) == 1
+    assert sup.shutdown is not None and sup.shutdown.reason == "received SIGTERM"
+
+
+def test_extensions_see_the_supervisor_through_the_narrow_context(sup: Supervisor) -> None:
+    ctx = SupervisorContext(sup)
+    assert ctx.root == ROOT and ctx.primary == "db" and ctx.mode == "enforce"
+    assert ctx.names() == tuple(sup.services)
+    lo = ctx.service("lo")
+    assert (lo.cgroup, lo.criticality, lo.slices, lo.evictable) == (LO, 10, ("pair",), True)
+    assert ctx.service("db").is_primary and ctx.service("db").criticality == 100
+    pair = ctx.slices()["pair"]
+    assert (pair.cgroup, pair.memory_max, pair.members) == (PAIR, 48 << 20, ("hi", "lo"))
+    # The view is read as of the call: a state change shows in the next one.
+    svc = sup.services["lo"]
+    svc.rec = replace(svc.rec, state=rp.State.RUNNING, pid=4242, started_at=sup.now)
+    assert lo.state is rp.State.STOPPED and ctx.service("lo").state is rp.State.RUNNING
+    ctx.evict("lo")
+    assert svc.evictions == 1
+    assert (svc.rec.state, svc.rec.stop_reason) == (rp.State.STOPPING, "evict")
+    r, w = os.pipe()
+    try:
+        seen: list[int] = []
+        ctx.add_reader(r, 1, seen.append)
+        os.write(w, b"x")
+        assert sup.loop.run_once(5) == 1 and seen == [1]
+        ctx.remove_reader(r)
+        assert r not in sup.loop
+    finally:
+        os.close(r)
+        os.close(w)
