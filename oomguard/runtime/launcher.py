@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, NoReturn, Protocol, cast
 
+from oomguard import proc
 from oomguard.errors import LaunchError
 from oomguard.events.pidfd import close_pidfd, send_signal
 from oomguard.observe.sink import OutputSink
@@ -70,7 +71,6 @@ __all__ = [
     "OutputPump",
     "PumpKey",
     "Stage",
-    "can_lower_oom_score_adj",
     "resolve_credentials",
     "resolve_executable",
     "send_signal",
@@ -79,8 +79,6 @@ __all__ = [
 ]
 
 
-#: CAP_SYS_RESOURCE's bit in /proc/<pid>/status CapEff (<linux/capability.h>).
-_CAP_SYS_RESOURCE = 24
 #: One child report: stage (u8), fatal (u8), errno (u32 little-endian).
 _RECORD_SIZE = 6
 
@@ -405,27 +403,6 @@ def _resolve_cwd(spec: LaunchSpec, creds: Credentials | None) -> str | None:
     return cwd
 
 
-def _read_own_oom_score_adj() -> int:
-    try:
-        with open("/proc/self/oom_score_adj", "rb") as f:
-            return int(f.read().strip() or b"0")
-    except (OSError, ValueError):
-        return 0
-
-
-def can_lower_oom_score_adj() -> bool:
-    """True if this process has CAP_SYS_RESOURCE, which lowering oom_score_adj requires.
-    (Raising it never needs a capability; children inherit the value.)"""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool((int(line.split()[1], 16) >> _CAP_SYS_RESOURCE) & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.geteuid() == 0
-
-
 # --- fork/exec --------------------------------------------------------------------------------
 
 
@@ -494,11 +471,7 @@ def _child_main(p: _Plan) -> NoReturn:  # pragma: no cover - runs in the forked 
         stage = Stage.OOM_SCORE_ADJ
         if p.oom_score_adj is not None:
             try:
-                fd = os.open(b"/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, p.oom_score_adj)
-                finally:
-                    os.close(fd)
+                proc.write_oom_score_adj(p.oom_score_adj)
             except OSError as e:
                 # Not fatal: the service still runs, with the inherited value.
                 _report(p.err_w, Stage.OOM_SCORE_ADJ, e.errno or 0, fatal=False)
@@ -601,10 +574,8 @@ def _pipe(owned: list[int]) -> tuple[int, int]:
 
 
 def _highest_fd() -> int:
-    try:
-        return max(int(n) for n in os.listdir("/proc/self/fd"))
-    except (OSError, ValueError):
-        return max(os.sysconf("SC_OPEN_MAX"), 1024) - 1
+    highest = proc.highest_fd()
+    return max(os.sysconf("SC_OPEN_MAX"), 1024) - 1 if highest is None else highest
 
 
 def _read_reports(fd: int, timeout: float) -> tuple[list[tuple[Stage, int, bool]], bool]:
@@ -727,8 +698,8 @@ def spawn(
         # In range by construction: the Plan's oom_score_adj is bounded by the config's field
         # type (-999..1000), and oomguard's own adj is what the kernel gave it.
         adj = spec.oom_score_adj
-        current = _read_own_oom_score_adj()
-        if adj < current and not can_lower_oom_score_adj():
+        current = proc.oom_score_adj() or 0
+        if adj < current and not proc.can_lower_oom_score_adj():
             # Decided here, not in the child: the child cannot log, and a refused write is a
             # degraded start, not a failed one.
             msg = (
