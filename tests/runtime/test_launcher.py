@@ -26,11 +26,10 @@ from oomguard.runtime.launcher import (
     Child,
     LaunchSpec,
     OutputPump,
-    resolve_credentials,
-    resolve_executable,
     signal_process_group,
     spawn,
 )
+from oomguard.runtime.preflight import resolve_credentials, resolve_executable
 from oomguard.runtime.reaper import ExitStatus, Reaper
 
 if TYPE_CHECKING:
