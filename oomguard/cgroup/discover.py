@@ -1,9 +1,10 @@
 """Where are we, and what may we do? Read-only discovery of the host's cgroup setup.
 
-This is an adapter: it reads /proc and the cgroup2 mount and never writes or creates anything
-(on a hybrid host, a mkdir in the wrong place silently makes a plain tmpfs directory). Everything
-that can be parsed from text lives in a pure function that takes the text, so each host shape
-(unified, hybrid, legacy, container) is unit-tested from samples.
+This is an adapter: it reads /proc only through `oomguard.proc` and the cgroup2 mount only
+through `CgroupFS`, and never writes or creates anything (on a hybrid host, a mkdir in the wrong
+place silently makes a plain tmpfs directory). Everything that can be judged from the parsed
+files lives in a pure function, so each host shape (unified, hybrid, legacy, container) is
+unit-tested from samples; what the facts mean for oomguard is cgroup/verdict.py's.
 
 `oomguard status` imports this module for its default root, so it stays import-light: no
 pydantic, no config, nothing beyond the standard library and `oomguard.cgroup.path`.
@@ -14,22 +15,24 @@ from __future__ import annotations
 import os
 from enum import Enum
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, TypeVar
 
-from oomguard.errors import CgroupError
+from oomguard import proc
+from oomguard.errors import CgroupError, OomguardError
+from oomguard.proc import MountEntry, ProcCgroup
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Callable, Iterable
 
+    from oomguard.cgroup.fs import CgroupFS
     from oomguard.cgroup.path import CgroupPath
+
+_T = TypeVar("_T")
 
 #: The inode number of the initial cgroup namespace (PROC_CGROUP_INIT_INO in the kernel). A
 #: process whose /proc/self/ns/cgroup names another inode was put in a private cgroup namespace,
 #: which is what docker/podman do by default on a cgroup v2 host.
 INIT_CGROUP_NS_INO = 0xEFFFFFFB
-
-#: Capability number of CAP_SYS_RESOURCE: needed to *lower* oom_score_adj (raising is free).
-CAP_SYS_RESOURCE = 24
 
 #: Controllers a v1 `cgroup` mount can carry; other super options (rw, xattr, clone_children,
 #: release_agent=..., name=...) are not controllers.
@@ -77,28 +80,9 @@ class HostMode(Enum):
 
 
 # --------------------------------------------------------------------------------------------
-# Pure parsing. The small records are NamedTuples, not frozen dataclasses: `oomguard status`
-# imports this module for its default root, and dataclass code generation at import costs
-# milliseconds per class.
-
-
-class MountEntry(NamedTuple):
-    """One line of /proc/<pid>/mountinfo (see proc(5)). `root` is the mount's root *inside* its
-    filesystem: for a cgroup2 mount, the cgroup that appears as the mount point."""
-
-    mount_id: int
-    parent_id: int
-    root: str
-    mount_point: str
-    mount_options: frozenset[str]
-    fstype: str
-    source: str
-    super_options: frozenset[str]
-
-    @property
-    def read_only(self) -> bool:
-        # Either the mount (per-bind, e.g. docker's ro cgroupfs) or the superblock can be ro.
-        return "ro" in self.mount_options or "ro" in self.super_options
+# Pure judgement of parsed /proc files (oomguard/proc.py parses them). The small records are
+# NamedTuples, not frozen dataclasses: `oomguard status` imports this module for its default
+# root, and dataclass code generation at import costs milliseconds per class.
 
 
 class Cgroup2Mount(NamedTuple):
@@ -119,63 +103,6 @@ class V1Mount(NamedTuple):
     #: "name=systemd" style named hierarchy (no controller), or None.
     name: str | None
     read_only: bool
-
-
-class ProcCgroup(NamedTuple):
-    """/proc/<pid>/cgroup: `unified` is the "0::" path (None on a v1-only host); `v1` maps each
-    v1 controller (or "name=x") to its path."""
-
-    unified: str | None
-    v1: Mapping[str, str]
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo octal.
-    if "\\" not in field:
-        return field
-    out: list[str] = []
-    i = 0
-    while i < len(field):
-        c = field[i]
-        if c == "\\" and len(field[i + 1 : i + 4]) == 3 and field[i + 1 : i + 4].isdigit():
-            out.append(chr(int(field[i + 1 : i + 4], 8)))
-            i += 4
-        else:
-            out.append(c)
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """Parse /proc/self/mountinfo. Malformed lines are skipped (they can't be ours to use)."""
-    entries: list[MountEntry] = []
-    for line in text.splitlines():
-        fields = line.split()
-        try:
-            sep = fields.index("-", 6)
-        except ValueError:
-            continue
-        if len(fields) < sep + 3:
-            continue
-        try:
-            mount_id, parent_id = int(fields[0]), int(fields[1])
-        except ValueError:
-            continue
-        entries.append(
-            MountEntry(
-                mount_id=mount_id,
-                parent_id=parent_id,
-                root=_unescape(fields[3]),
-                mount_point=_unescape(fields[4]),
-                mount_options=frozenset(fields[5].split(",")),
-                fstype=fields[sep + 1],
-                source=_unescape(fields[sep + 2]),
-                super_options=frozenset(fields[sep + 3].split(","))
-                if len(fields) > sep + 3
-                else frozenset(),
-            )
-        )
-    return entries
 
 
 def _visible(entries: Iterable[MountEntry]) -> list[MountEntry]:
@@ -218,27 +145,6 @@ def v1_mounts(entries: Iterable[MountEntry]) -> list[V1Mount]:
             )
         )
     return mounts
-
-
-def parse_proc_cgroup(text: str) -> ProcCgroup:
-    """Parse /proc/<pid>/cgroup ("hierarchy-id:controllers:path" per line)."""
-    unified: str | None = None
-    v1: dict[str, str] = {}
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hier, controllers, path = parts
-        # A cgroup removed while we are still in it (only possible for zombies/odd races) shows
-        # as "/x (deleted)".
-        path = path.removesuffix(" (deleted)")
-        if hier == "0" and controllers == "":
-            unified = path
-        else:
-            for c in controllers.split(","):
-                if c:
-                    v1[c] = path
-    return ProcCgroup(unified=unified, v1=v1)
 
 
 def classify(v2: Iterable[Cgroup2Mount], v1: Iterable[V1Mount]) -> HostMode:
@@ -284,41 +190,6 @@ def choose_cgroup2_mount(mounts: Iterable[Cgroup2Mount], own: str | None) -> Cgr
     return min(candidates, key=key)
 
 
-def parse_cap_eff(status_text: str) -> int | None:
-    """The effective capability mask from /proc/<pid>/status (hex "CapEff:" line)."""
-    for line in status_text.splitlines():
-        if line.startswith("CapEff:"):
-            try:
-                return int(line.split(":", 1)[1].strip(), 16)
-            except ValueError:
-                return None
-    return None
-
-
-def has_capability(cap_eff: int | None, cap: int) -> bool:
-    return cap_eff is not None and bool(cap_eff >> cap & 1)
-
-
-def parse_swaps(text: str) -> int:
-    """Total swap in bytes from /proc/swaps (sizes there are KiB; first line is a header)."""
-    total = 0
-    for line in text.splitlines()[1:]:
-        fields = line.split()
-        if len(fields) >= 3 and fields[2].isdigit():
-            total += int(fields[2]) * 1024
-    return total
-
-
-def parse_ns_inode(link: str | None) -> int | None:
-    """ "cgroup:[4026531835]" (readlink of /proc/<pid>/ns/cgroup) -> 4026531835."""
-    if not link or "[" not in link or not link.endswith("]"):
-        return None
-    try:
-        return int(link[link.index("[") + 1 : -1])
-    except ValueError:
-        return None
-
-
 def kernel_version(release: str) -> tuple[int, int]:
     """ "6.1.0-27-cloud-amd64" -> (6, 1); unparseable -> (0, 0)."""
     nums: list[int] = []
@@ -334,20 +205,6 @@ def kernel_version(release: str) -> tuple[int, int]:
     if len(nums) < 2:
         return (0, 0)
     return (nums[0], nums[1])
-
-
-def parse_controllers_text(text: str | None) -> frozenset[str] | None:
-    # cgroup.controllers / cgroup.subtree_control: space-separated names. Kept local (and not
-    # parse.py's) so discovery works even where the cgroup package is partly unavailable.
-    return None if text is None else frozenset(text.split())
-
-
-def parse_limit_text(text: str | None) -> int | None:
-    """A memory.max-style value in bytes; None for "max", a missing file or garbage."""
-    if text is None:
-        return None
-    value = text.strip()
-    return int(value) if value.isdigit() else None
 
 
 class ContainerInfo(NamedTuple):
@@ -368,7 +225,7 @@ def container_evidence(
     dockerenv: bool,
     containerenv: bool,
     container_env: str | None,
-    pid1_cgroup: str | None,
+    pid1_cgroup: ProcCgroup | None,
     own_ns: int | None,
     init_ns: int | None,
     own_unified: str | None,
@@ -382,8 +239,8 @@ def container_evidence(
         reasons.append("/run/.containerenv exists")
     if container_env:
         reasons.append(f"container={container_env} in the environment")
-    if pid1_cgroup:
-        pc = parse_proc_cgroup(pid1_cgroup)
+    if pid1_cgroup is not None:
+        pc = pid1_cgroup
         paths = [*pc.v1.values(), *([pc.unified] if pc.unified else [])]
         hit = next((m for p in paths for m in _CONTAINER_MARKERS if m in p), None)
         if hit:
@@ -398,32 +255,19 @@ def container_evidence(
 
 
 # --------------------------------------------------------------------------------------------
-# The I/O side: read /proc and the mount, never write.
+# The I/O side: /proc through `oomguard.proc`, the mount through `CgroupFS`; never a write.
 
 
-def _read(path: str | Path) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _readlink(path: str) -> str | None:
-    try:
-        return os.readlink(path)
-    except OSError:
-        return None
+def _own_mount() -> tuple[ProcCgroup, Cgroup2Mount | None]:
+    pc = proc.proc_cgroup() or ProcCgroup(None, {})
+    return pc, choose_cgroup2_mount(cgroup2_mounts(proc.mountinfo()), pc.unified)
 
 
 def find_cgroup2_mount() -> Path | None:
     """The cgroup2 mount that reaches our own cgroup (usually /sys/fs/cgroup), or None.
 
     Note: the mount may lack the memory controller (hybrid host); `discover()` says so."""
-    pc = parse_proc_cgroup(_read("/proc/self/cgroup") or "")
-    m = choose_cgroup2_mount(
-        cgroup2_mounts(parse_mountinfo(_read("/proc/self/mountinfo") or "")), pc.unified
-    )
+    m = _own_mount()[1]
     return Path(m.path) if m else None
 
 
@@ -431,15 +275,12 @@ def own_cgroup() -> CgroupPath:
     """Our own cgroup v2 path, relative to the root of the mount `find_cgroup2_mount()` returns."""
     from oomguard.cgroup.path import CgroupPath
 
-    pc = parse_proc_cgroup(_read("/proc/self/cgroup") or "")
+    pc, m = _own_mount()
     if pc.unified is None:
         raise CgroupError(
             "/proc/self/cgroup has no cgroup v2 (0::) line",
             hint="this host has no cgroup v2; run `oomguard check` for how to enable it",
         )
-    m = choose_cgroup2_mount(
-        cgroup2_mounts(parse_mountinfo(_read("/proc/self/mountinfo") or "")), pc.unified
-    )
     rel = relative_cgroup(pc.unified, m.root) if m else None
     if rel is None:
         raise CgroupError(
@@ -516,123 +357,159 @@ class Discovery(NamedTuple):
         return self.cap_sys_resource and self.oom_score_adj_writable
 
 
-def _probe_dir(own_dir: Path, own_is_root: bool | None) -> Path | None:
-    """A non-root cgroup dir to look for non-root-only files (cgroup.kill, memory.peak,
-    memory.swap.max): our own if it isn't the root, else the first child cgroup."""
-    if own_is_root is False:
-        return own_dir
+class CgroupFacts(NamedTuple):
+    """What `discover` learns from the cgroup2 mount (the `Discovery` fields of the same names).
+    `NO_CGROUP` when there is no mount or our cgroup is not reachable through it."""
+
+    own_dir: str | None
+    own_is_root: bool | None
+    root_controllers: frozenset[str] | None
+    controllers: frozenset[str] | None
+    subtree_control: frozenset[str] | None
+    mount_writable: bool
+    own_dir_writable: bool
+    other_procs: tuple[int, ...] | None
+    own_memory_max: int | None
+    own_oom_group: bool | None
+    psi_cgroup: bool | None
+    cgroup_kill: bool | None
+    memory_peak: bool | None
+    memory_swap_max: bool | None
+
+
+NO_CGROUP = CgroupFacts(
+    None, None, None, None, None, False, False, None, None, None, None, None, None, None
+)
+
+
+def _quiet(read: Callable[[], _T]) -> _T | None:
+    # Discovery reports what it could not tell as None; a file it may not read, a cgroup that
+    # vanished or a value in an unexpected format is that, not an error.
     try:
-        with os.scandir(own_dir) as it:
-            for e in it:
-                if e.is_dir(follow_symlinks=False):
-                    return Path(e.path)
-    except OSError:
+        return read()
+    except OomguardError:
         return None
-    return None
 
 
-def discover() -> Discovery:
-    """Observe the host. Reads only; safe anywhere, including hybrid hosts."""
-    entries = parse_mountinfo(_read("/proc/self/mountinfo") or "")
-    v2 = cgroup2_mounts(entries)
-    v1 = v1_mounts(entries)
-    pc = parse_proc_cgroup(_read("/proc/self/cgroup") or "")
-    mount = choose_cgroup2_mount(v2, pc.unified)
-    own = relative_cgroup(pc.unified, mount.root) if (mount and pc.unified is not None) else None
-    release = os.uname().release
-    kver = kernel_version(release)
+def _has(fs: CgroupFS, p: CgroupPath, name: str) -> bool:
+    return _quiet(lambda: fs.has_file(p, name)) is True
 
-    own_dir: Path | None = None
-    root_controllers = controllers = subtree = None
-    own_is_root: bool | None = None
-    other: tuple[int, ...] | None = None
-    own_max: int | None = None
-    own_group: bool | None = None
-    psi_cgroup = cgroup_kill = memory_peak = swap_max = None
-    mount_writable = own_writable = False
-    pid = os.getpid()
-    if mount is not None:
-        root_dir = Path(mount.path)
-        root_controllers = parse_controllers_text(_read(root_dir / "cgroup.controllers"))
-        mount_writable = not mount.read_only and os.access(root_dir, os.W_OK)
-        if own is not None:
-            own_dir = root_dir.joinpath(*[p for p in own.split("/") if p])
-            controllers = parse_controllers_text(_read(own_dir / "cgroup.controllers"))
-            subtree = parse_controllers_text(_read(own_dir / "cgroup.subtree_control"))
-            if own_dir.is_dir():
-                own_is_root = not (own_dir / "cgroup.type").exists()
-            # To build a tree under our cgroup we must mkdir in it and write its
-            # subtree_control; access() also reports EROFS for a read-only mount.
-            own_writable = (
-                not mount.read_only
-                and os.access(own_dir, os.W_OK)
-                and os.access(own_dir / "cgroup.subtree_control", os.W_OK)
-            )
-            procs_text = _read(own_dir / "cgroup.procs")
-            if procs_text is not None:
-                other = tuple(int(p) for p in procs_text.split() if p.isdigit() and int(p) != pid)
-            psi_cgroup = (own_dir / "memory.pressure").exists()
-            own_max = parse_limit_text(_read(own_dir / "memory.max"))
-            group_text = _read(own_dir / "memory.oom.group")
-            own_group = None if group_text is None else group_text.strip() == "1"
-            probe = _probe_dir(own_dir, own_is_root)
-            if probe is not None:
-                cgroup_kill = (probe / "cgroup.kill").exists()
-                # memory.* files appear only where the parent enabled memory for children.
-                if (probe / "memory.current").exists():
-                    memory_peak = (probe / "memory.peak").exists()
-                    swap_max = (probe / "memory.swap.max").exists()
-            if cgroup_kill is None:
-                cgroup_kill = kver >= CGROUP_KILL_SINCE
-            if memory_peak is None and controllers is not None and "memory" in controllers:
-                memory_peak = kver >= MEMORY_PEAK_SINCE
 
-    container = container_evidence(
+def _probe(fs: CgroupFS, own: CgroupPath, own_is_root: bool | None) -> CgroupPath | None:
+    """A non-root cgroup to look for non-root-only files (cgroup.kill, memory.peak,
+    memory.swap.max): our own if it isn't the root, else its first child."""
+    if own_is_root is False:
+        return own
+    children = _quiet(lambda: fs.children(own)) or []
+    return children[0] if children else None
+
+
+def _kernel_features(
+    fs: CgroupFS, own: CgroupPath, own_is_root: bool | None, memory: bool
+) -> tuple[bool | None, bool | None, bool | None]:
+    """(cgroup.kill, memory.peak, memory.swap.max): seen in a probe cgroup, else guessed from
+    the kernel release."""
+    kill = peak = swap_max = None
+    probe = _probe(fs, own, own_is_root)
+    if probe is not None:
+        kill = _has(fs, probe, "cgroup.kill")
+        # memory.* files appear only where the parent enabled memory for children.
+        if _has(fs, probe, "memory.current"):
+            peak = _has(fs, probe, "memory.peak")
+            swap_max = _has(fs, probe, "memory.swap.max")
+    kver = kernel_version(os.uname().release)
+    if kill is None:
+        kill = kver >= CGROUP_KILL_SINCE
+    if peak is None and memory:
+        peak = kver >= MEMORY_PEAK_SINCE
+    return kill, peak, swap_max
+
+
+def cgroup_facts(fs: CgroupFS, own_text: str | None, *, read_only: bool, pid: int) -> CgroupFacts:
+    """Read what `Discovery` needs from the mount `fs`; `own_text` is our cgroup relative to it
+    (None: not reachable), `read_only` the mount's flag, `pid` ours (not counted as "other")."""
+    from oomguard.cgroup.path import CgroupPath
+
+    root = CgroupPath()
+    root_controllers = _quiet(lambda: fs.controllers(root))
+    mount_writable = not read_only and fs.writable(root)
+    own = _quiet(lambda: CgroupPath.parse(own_text)) if own_text is not None else None
+    if own is None:
+        return NO_CGROUP._replace(root_controllers=root_controllers, mount_writable=mount_writable)
+    controllers = _quiet(lambda: fs.controllers(own))
+    procs = _quiet(lambda: fs.procs(own))
+    group = _quiet(lambda: fs.read_optional(own, "memory.oom.group"))
+    # The no-internal-process rule spares only the real root, which has no cgroup.type.
+    own_is_root = not _has(fs, own, "cgroup.type") if fs.exists(own) else None
+    kill, peak, swap_max = _kernel_features(
+        fs, own, own_is_root, controllers is not None and "memory" in controllers
+    )
+    return CgroupFacts(
+        own_dir=str(fs.dir(own)),
+        own_is_root=own_is_root,
+        root_controllers=root_controllers,
+        controllers=controllers,
+        subtree_control=_quiet(lambda: fs.subtree_control(own)),
+        mount_writable=mount_writable,
+        # To build a tree under our cgroup we must mkdir in it and write its subtree_control;
+        # access() also reports EROFS for a read-only mount.
+        own_dir_writable=not read_only
+        and fs.writable(own)
+        and fs.writable(own, "cgroup.subtree_control"),
+        other_procs=None if procs is None else tuple(p for p in procs if p != pid),
+        own_memory_max=_quiet(lambda: fs.read_limit(own, "memory.max")),
+        own_oom_group=None if group is None else group.strip() == "1",
+        psi_cgroup=_has(fs, own, "memory.pressure"),
+        cgroup_kill=kill,
+        memory_peak=peak,
+        memory_swap_max=swap_max,
+    )
+
+
+def _container(own_unified: str | None) -> ContainerInfo:
+    return container_evidence(
         dockerenv=os.path.exists("/.dockerenv"),
         containerenv=os.path.exists("/run/.containerenv"),
         # systemd and podman spell it lowercase: container=podman / docker / lxc.
         container_env=os.environ.get("container"),  # noqa: SIM112
-        pid1_cgroup=_read("/proc/1/cgroup"),
-        own_ns=parse_ns_inode(_readlink("/proc/self/ns/cgroup")),
-        init_ns=parse_ns_inode(_readlink("/proc/1/ns/cgroup")),
-        own_unified=pc.unified,
+        pid1_cgroup=proc.proc_cgroup(1),
+        own_ns=proc.cgroup_ns_inode(),
+        init_ns=proc.cgroup_ns_inode(1),
+        own_unified=own_unified,
     )
-    adj_text = _read("/proc/self/oom_score_adj")
-    try:
-        adj: int | None = int(adj_text.strip()) if adj_text else None
-    except ValueError:
-        adj = None
+
+
+def discover() -> Discovery:
+    """Observe the host. Reads only; safe anywhere, including hybrid hosts."""
+    from oomguard.cgroup.fs import CgroupFS
+
+    entries = proc.mountinfo()
+    v2, v1 = cgroup2_mounts(entries), v1_mounts(entries)
+    pc = proc.proc_cgroup() or ProcCgroup(None, {})
+    mount = choose_cgroup2_mount(v2, pc.unified)
+    own = relative_cgroup(pc.unified, mount.root) if (mount and pc.unified is not None) else None
+    pid = os.getpid()
+    facts = (
+        NO_CGROUP
+        if mount is None
+        else cgroup_facts(CgroupFS(mount.path), own, read_only=mount.read_only, pid=pid)
+    )
     return Discovery(
-        kernel_release=release,
+        kernel_release=os.uname().release,
         mode=classify(v2, v1),
         cgroup2=tuple(v2),
         v1=tuple(v1),
         mount=mount,
         own_cgroup=own,
         own_cgroup_raw=pc.unified,
-        own_dir=str(own_dir) if own_dir else None,
-        own_is_root=own_is_root,
-        root_controllers=root_controllers,
-        controllers=controllers,
-        subtree_control=subtree,
         v1_controllers=frozenset(c for m in v1 for c in m.controllers),
-        mount_writable=mount_writable,
-        own_dir_writable=own_writable,
-        other_procs=other,
-        own_memory_max=own_max,
-        own_oom_group=own_group,
-        container=container,
-        psi_system=os.path.exists("/proc/pressure/memory"),
-        psi_cgroup=psi_cgroup,
-        cgroup_kill=cgroup_kill,
-        memory_peak=memory_peak,
-        swap_bytes=parse_swaps(_read("/proc/swaps") or ""),
-        memory_swap_max=swap_max,
-        cap_sys_resource=has_capability(
-            parse_cap_eff(_read("/proc/self/status") or ""), CAP_SYS_RESOURCE
-        ),
-        oom_score_adj=adj,
-        oom_score_adj_writable=os.access("/proc/self/oom_score_adj", os.W_OK),
+        container=_container(pc.unified),
+        psi_system=proc.psi_available(),
+        swap_bytes=proc.swap_total(),
+        cap_sys_resource=proc.cap_sys_resource() is True,
+        oom_score_adj=proc.oom_score_adj(),
+        oom_score_adj_writable=proc.oom_score_adj_writable(),
         pid=pid,
         euid=os.geteuid(),
+        **facts._asdict(),
     )

@@ -256,6 +256,12 @@ class CgroupFS:
             raise Vanished(f"cgroup {p} is gone (looking for {name})")
         return False
 
+    def writable(self, p: CgroupPath, name: str | None = None) -> bool:
+        """True if we may write the directory of `p` (mkdir in it) or its file `name`: the
+        mount is rw (access() reports EROFS) and the owner or mode lets us (a delegated
+        subtree belongs to its user)."""
+        return self._sys_access(str(self.dir(p)) if name is None else self._file(p, name), os.W_OK)
+
     def read(self, p: CgroupPath, name: str) -> str:
         try:
             data = self._sys_read(self._file(p, name))
@@ -580,6 +586,9 @@ class CgroupFS:
 
     def _sys_rmdir(self, path: str) -> None:
         os.rmdir(path)
+
+    def _sys_access(self, path: str, mode: int) -> bool:
+        return os.access(path, mode)
 
     def _sys_lstat(self, path: str) -> os.stat_result:
         return os.lstat(path)

@@ -47,6 +47,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+from oomguard import proc
 from oomguard.cgroup.path import CgroupPath, CgroupPathError
 from oomguard.cgroup.spec import SUPERVISOR_LEAF, Limits, SliceSpec, TreeSpec
 from oomguard.errors import CgroupError, ForeignCgroup, Vanished
@@ -371,11 +372,7 @@ def _is_empty(fs: CgroupFS, p: CgroupPath) -> bool:
 
 
 def _comm(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().decode("utf-8", "replace").strip() or "?"
-    except OSError:
-        return "?"
+    return (proc.comm(pid) or "").strip() or "?"
 
 
 def _foreign(fs: CgroupFS, root: CgroupPath) -> ForeignCgroup:

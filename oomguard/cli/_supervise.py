@@ -86,37 +86,25 @@ def supervise(config: Config, *, init: bool) -> Outcome:
 def degrade_reason(config: Config) -> str | None:
     """Why oomguard cannot build its slice tree here, if it clearly cannot; None otherwise.
 
-    Only unambiguous cases degrade (no cgroup2 mount, memory controller not available to our
-    cgroup, read-only cgroupfs); anything else is tried and fails with the builder's error.
-    With `require_cgroups`, a reason is an error instead.
+    The host verdict `oomguard check` prints (cgroup/verdict.py) decides: only unambiguous
+    facts degrade (no cgroup2 mount, memory not available where the tree goes, a read-only
+    cgroupfs); anything else is tried and fails with the builder's error. With
+    `require_cgroups`, a reason is an error instead.
     """
     from oomguard.cgroup.discover import discover
+    from oomguard.cgroup.verdict import assess
     from oomguard.errors import CgroupError
 
-    d = discover()
-    reason: str | None = None
-    fix = "run `oomguard check` for what this host offers and how to fix it"
-    # With the default root the tree goes under our own cgroup, so its controllers decide. An
-    # explicit `cgroup` may sit anywhere on the mount, but nowhere on it can have memory if the
-    # mount root does not list it (memory bound to v1): without this check the builder would
-    # mkdir on a mount where the tree can never work and fail there.
-    where = d.controllers if config.oomguard.cgroup is None else d.root_controllers
-    if d.mount is None:
-        reason = "no cgroup v2 mount"
-    elif where is not None and "memory" not in where:
-        if d.memory_on_v1:
-            reason = "the memory controller is on cgroup v1 (hybrid host)"
-        else:
-            reason = "the memory controller is not delegated to our cgroup"
-    elif d.mount.read_only or (config.oomguard.cgroup is None and not d.own_dir_writable):
-        reason = "the cgroup filesystem is read-only"
-        fix = (
-            "run the container with --privileged, or podman --security-opt "
-            "unmask=/sys/fs/cgroup, or docker --cgroupns=private with a writable cgroup mount"
+    root = config.oomguard.cgroup
+    verdict = assess(discover(), None if root is None else str(root))
+    if verdict.degraded is not None and config.oomguard.require_cgroups:
+        report = "run `oomguard check` for what this host offers and how to fix it"
+        fix = verdict.degraded_fix
+        raise CgroupError(
+            f"cannot build the slice tree: {verdict.degraded}",
+            hint=report if fix is None else f"{fix}; {report}",
         )
-    if reason is not None and config.oomguard.require_cgroups:
-        raise CgroupError(f"cannot build the slice tree: {reason}", hint=fix)
-    return reason
+    return verdict.degraded
 
 
 def overrides(

@@ -39,6 +39,8 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Literal
 
+from oomguard import proc
+
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
@@ -67,10 +69,7 @@ def _open_private(fd: int) -> tuple[Mode, int, socket.socket | None]:
         return "direct", fd, None  # /dev/null, /dev/kmsg: never wait for a reader
     if stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
         try:
-            own = os.open(
-                f"/proc/self/fd/{fd}",
-                os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC,
-            )
+            own = proc.reopen_fd(fd, os.O_WRONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
         except OSError:  # no /proc, EACCES, ENXIO (a FIFO without a reader)
             return "polled", fd, None
         st2 = os.fstat(own)

@@ -1,14 +1,15 @@
 """A read-only snapshot of a slice tree: memory figures, event counters, PSI and processes.
 
-Adapter: reads the cgroup mount only through `CgroupFS` (and /proc for per-process figures),
-never writes. `oomguard status` and the metrics exporter print/serve what this returns.
+Adapter: reads the cgroup mount only through `CgroupFS` and per-process figures only through
+`oomguard.proc`; never writes. `oomguard status` and the metrics exporter print/serve what this
+returns.
 
 Vanishing is normal here: a slice can be removed and a process can exit between two reads. Such
 a cgroup or pid is skipped, never reported as an error. A file that does not exist because the
 controller is not enabled for that cgroup (or the kernel is too old, e.g. memory.peak before
 5.19) yields None.
 
-Import-light on purpose (`oomguard status` must start fast): stdlib + cgroup.fs/parse/path.
+Import-light on purpose (`oomguard status` must start fast): stdlib + cgroup.fs/parse/path + proc.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from oomguard import proc
 from oomguard.cgroup.parse import parse_flat_keyed, parse_int, parse_limit, parse_pressure
 from oomguard.errors import CgroupError, Vanished
 
@@ -93,25 +95,16 @@ def _page_size() -> int:
     return _PAGE_SIZE
 
 
-def _read_proc(proc_root: str, pid: int, name: str) -> str:
-    with open(f"{proc_root}/{pid}/{name}", encoding="utf-8", errors="replace") as f:
-        return f.read()
-
-
-def proc_info(pid: int, proc_root: str = "/proc") -> ProcInfo | None:
+def proc_info(pid: int, proc_root: str = proc.PROC) -> ProcInfo | None:
     """Figures for one process, or None if it is gone (or became a zombie: no statm pages)."""
-    try:
-        comm = _read_proc(proc_root, pid, "comm").rstrip("\n")
-        adj = int(_read_proc(proc_root, pid, "oom_score_adj").strip())
-        statm = _read_proc(proc_root, pid, "statm").split()
-    except (OSError, ValueError):
-        # ENOENT/ESRCH: exited between cgroup.procs and here; that is expected, skip it.
+    # Gone (ENOENT/ESRCH) between cgroup.procs and here is expected: skip it. So is a torn read
+    # of an exiting process (an empty oom_score_adj).
+    name = proc.comm(pid, proc_root)
+    adj = proc.oom_score_adj(pid, proc_root)
+    pages = proc.rss_pages(pid, proc_root)
+    if name is None or adj is None or pages is None:
         return None
-    try:
-        rss = int(statm[1]) * _page_size()
-    except (IndexError, ValueError):
-        rss = 0
-    return ProcInfo(pid=pid, comm=comm, oom_score_adj=adj, rss_bytes=rss)
+    return ProcInfo(pid=pid, comm=name, oom_score_adj=adj, rss_bytes=pages * _page_size())
 
 
 def _opt_int(fs: CgroupFS, p: CgroupPath, name: str) -> int | None:

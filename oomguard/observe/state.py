@@ -39,6 +39,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
+from oomguard import proc
 from oomguard.errors import OomguardError
 from oomguard.observe.statedir import StateDir, check_path
 
@@ -145,21 +146,6 @@ class TreeLedger:
             return
 
 
-def proc_start_ticks(pid: int, proc_root: Path = Path("/proc")) -> int | None:
-    """Start time of `pid` in clock ticks since boot, or None if there is no such process."""
-    try:
-        stat = (proc_root / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    # comm (field 2) is in parentheses and may itself contain spaces and ")"; fields after the
-    # *last* ")" are fixed. starttime is field 22, i.e. index 19 counting from field 3.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def make_state(
     *,
     root: str,
@@ -176,7 +162,7 @@ def make_state(
     doc: StateDoc = {
         "version": STATE_VERSION,
         "pid": pid,
-        "pid_start": proc_start_ticks(pid),
+        "pid_start": proc.start_ticks(pid),
         "updated_at": updated_at,
         "root": root,
         "mode": mode,
@@ -261,32 +247,20 @@ def remove_state(state_dir: Path) -> None:
         state_path(state_dir).unlink()
 
 
-def is_zombie(pid: int, proc_root: Path = Path("/proc")) -> bool | None:
-    """True if `pid` has exited but is not reaped yet (state Z), False if it runs, None if
-    /proc has no such process. A zombie still answers kill(pid, 0) and pidfd_send_signal."""
-    try:
-        with open(proc_root / str(pid) / "stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
-    except (OSError, IndexError):
-        return None
-
-
-def pid_alive(pid: int, start_ticks: int | None = None, proc_root: Path = Path("/proc")) -> bool:
+def pid_alive(
+    pid: int, start_ticks: int | None = None, proc_root: str | os.PathLike[str] = proc.PROC
+) -> bool:
     """True if `pid` exists and, when `start_ticks` is known, is the same process (no reuse)."""
     if pid <= 0:
         return False
     if start_ticks is not None:
-        return proc_start_ticks(pid, proc_root) == start_ticks
-    try:
-        (proc_root / str(pid)).stat()
-    except OSError as err:
-        if err.errno in (errno.ENOENT, errno.ESRCH):
-            return False
-        raise
-    return True
+        return proc.start_ticks(pid, proc_root) == start_ticks
+    return proc.exists(pid, proc_root)
 
 
-def state_writer_alive(state: Mapping[str, Any], proc_root: Path = Path("/proc")) -> bool:
+def state_writer_alive(
+    state: Mapping[str, Any], proc_root: str | os.PathLike[str] = proc.PROC
+) -> bool:
     """Is the supervisor that wrote `state` still running?
 
     Caveat for containers: /proc shows this PID namespace. ``kubectl exec``/``docker exec`` join
@@ -299,7 +273,7 @@ def state_writer_alive(state: Mapping[str, Any], proc_root: Path = Path("/proc")
     return pid_alive(pid, start if isinstance(start, int) else None, proc_root)
 
 
-def writer_alive(state_dir: Path, proc_root: Path = Path("/proc")) -> bool:
+def writer_alive(state_dir: Path, proc_root: str | os.PathLike[str] = proc.PROC) -> bool:
     """The CLI's "is oomguard running here?": a state.json whose writer is alive.
     An unusable state.json counts as "not running" (the error is for `read_state` callers)."""
     try:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from oomguard.policy import pressure as pp
 from oomguard.policy import restart as rp
-from oomguard.runtime.headroom import read_meminfo
+from oomguard.proc import meminfo as read_meminfo
 
 if TYPE_CHECKING:
     from collections.abc import Mapping

@@ -1,5 +1,5 @@
 """Reading a budget's figures for the pressure response: its limit, its unreclaimable usage,
-swap. Plain functions over a `CgroupFS` (and /proc/meminfo for the machine's memory); nothing
+swap. Plain functions over a `CgroupFS` (the machine's memory is `oomguard.proc.meminfo`); nothing
 here decides anything (that is `policy.pressure`).
 
 A cgroup that is gone is an expected outcome: the figures of a vanished cgroup raise `Vanished`
@@ -11,25 +11,13 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING
 
-from oomguard.cgroup.parse import parse_limit, parse_meminfo
+from oomguard.cgroup.parse import parse_limit
 from oomguard.errors import OomguardError, Vanished
 from oomguard.policy import pressure as pp
 
 if TYPE_CHECKING:
     from oomguard.cgroup.fs import CgroupFS
     from oomguard.cgroup.path import CgroupPath
-
-#: The machine's memory figures, for a tree with no memory.max above it.
-MEMINFO = "/proc/meminfo"
-
-
-def read_meminfo() -> dict[str, int]:
-    """/proc/meminfo in bytes; {} if unreadable (then no machine budget and no swap)."""
-    try:
-        with open(MEMINFO, encoding="ascii", errors="replace") as f:
-            return parse_meminfo(f.read(65536))
-    except (OSError, OomguardError):
-        return {}
 
 
 def usage(fs: CgroupFS, path: CgroupPath) -> int:

@@ -1,8 +1,9 @@
 """The only code that forks and execs. Starts one service inside its slice, as its user.
 
 Everything that can be checked is checked in the parent *before* forking (unknown user, missing
-or non-executable binary, missing working directory), so those errors are plain `LaunchError`s
-naming the config field. The forked child then runs a fixed, short list of raw syscalls:
+or non-executable binary, missing working directory: runtime/preflight.py), so those errors are
+plain `LaunchError`s naming the config field. The forked child then runs a fixed, short list of
+raw syscalls:
 
 1. join the slice: write ``0`` ("myself") to the slice's cgroup.procs through an fd the parent
    opened. Python cannot use clone3(CLONE_INTO_CGROUP), so this is the earliest point the
@@ -41,46 +42,40 @@ import contextlib
 import errno
 import fcntl
 import functools
-import grp
 import os
-import pwd
 import select
 import signal
-import stat
 import threading
 import time
 from dataclasses import dataclass, field
 from enum import IntEnum
-from typing import TYPE_CHECKING, NoReturn, Protocol, cast
+from typing import TYPE_CHECKING, NamedTuple, NoReturn, Protocol, cast
 
+from oomguard import proc
 from oomguard.errors import LaunchError
 from oomguard.events.pidfd import close_pidfd, send_signal
 from oomguard.observe.sink import OutputSink
+from oomguard.runtime.preflight import prepare
 from oomguard.runtime.reaper import wait_exited
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from oomguard.plan import LogMode
+    from oomguard.runtime.preflight import Prepared
 
 __all__ = [
     "Child",
-    "Credentials",
     "LaunchSpec",
     "OutputPump",
     "PumpKey",
     "Stage",
-    "can_lower_oom_score_adj",
-    "resolve_credentials",
-    "resolve_executable",
     "send_signal",
     "signal_process_group",
     "spawn",
 ]
 
 
-#: CAP_SYS_RESOURCE's bit in /proc/<pid>/status CapEff (<linux/capability.h>).
-_CAP_SYS_RESOURCE = 24
 #: One child report: stage (u8), fatal (u8), errno (u32 little-endian).
 _RECORD_SIZE = 6
 
@@ -118,18 +113,6 @@ class LaunchSpec:
         """`login` (identity variables, see `login_environment`) under `env` under
         `extra_env`: the config may override PATH or HOME, never oomguard's own variables."""
         return {**(login or {}), **self.env, **self.extra_env}
-
-
-@dataclass(frozen=True)
-class Credentials:
-    """Who the service runs as. `groups` are the supplementary groups (including `gid`)."""
-
-    uid: int
-    gid: int
-    groups: tuple[int, ...]
-    home: str | None
-    name: str | None
-    shell: str | None = None
 
 
 class Stage(IntEnum):
@@ -220,212 +203,6 @@ def signal_process_group(pgid: int, sig: int) -> bool:
     return True
 
 
-# --- checks done in the parent, before forking ------------------------------------------------
-
-
-def resolve_credentials(
-    user: str | None, group: str | None, *, service: str = "?"
-) -> Credentials | None:
-    """Look up `user`/`group` (names or numeric strings). None if both are None (keep ours).
-
-    Supplementary groups come from the group database for a named user (os.getgrouplist), so a
-    service sees the same groups as after a login. A numeric uid without a passwd entry needs an
-    explicit group: guessing gid 0 would run the service with root's group.
-    """
-    if user is None and group is None:
-        return None
-    where = f"service.{service}"
-    pw: pwd.struct_passwd | None = None
-    uid = os.getuid()
-    if user is not None:
-        # ASCII digits only: str.isdigit() is also true for "²" (which int() refuses) and "٣"
-        # (which int() reads as 3, so the service would run as uid 3).
-        if user.isascii() and user.isdigit():
-            uid = int(user)
-            try:
-                pw = pwd.getpwuid(uid)
-            except KeyError:
-                pw = None
-        else:
-            try:
-                pw = pwd.getpwnam(user)
-            except KeyError:
-                raise LaunchError(
-                    f"{where}.user: no user {user!r} on this system",
-                    hint="create it (useradd) or fix the name",
-                ) from None
-            uid = pw.pw_uid
-    if group is not None:
-        if group.isascii() and group.isdigit():
-            gid = int(group)
-        else:
-            try:
-                gid = grp.getgrnam(group).gr_gid
-            except KeyError:
-                raise LaunchError(
-                    f"{where}.group: no group {group!r} on this system",
-                    hint="create it (groupadd) or fix the name",
-                ) from None
-    elif pw is not None:
-        gid = pw.pw_gid
-    elif user is not None:
-        raise LaunchError(
-            f"{where}.user: uid {uid} has no passwd entry, so its group is unknown",
-            hint=f'set {where}.group too (e.g. group = "{uid}")',
-        )
-    else:  # pragma: no cover - unreachable: user and group cannot both be None here
-        gid = os.getgid()
-    # Without a login name to look up: the primary group only, so root's groups do not leak.
-    groups = tuple(os.getgrouplist(pw.pw_name, gid)) if pw is not None else (gid,)
-    return Credentials(
-        uid=uid,
-        gid=gid,
-        groups=groups,
-        home=pw.pw_dir if pw is not None else None,
-        name=pw.pw_name if pw is not None else None,
-        shell=pw.pw_shell if pw is not None else None,
-    )
-
-
-#: PATH of a service with a clean environment: systemd's default for system services. Not
-#: oomguard's own PATH, so a service finds the same programs whoever started oomguard.
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
-
-def login_identity(creds: Credentials | None) -> tuple[int, str | None, str | None, str | None]:
-    """(uid, name, home, shell) of whom the service runs as: the passwd entry of its user, or
-    oomguard's own when no user is set. Name, home and shell are None without a passwd entry."""
-    if creds is not None and creds.name is not None:
-        return creds.uid, creds.name, creds.home, creds.shell
-    uid = creds.uid if creds is not None else os.getuid()
-    try:
-        pw = pwd.getpwuid(uid)
-    except (KeyError, OverflowError):
-        return uid, None, None, None
-    return uid, pw.pw_name, pw.pw_dir, pw.pw_shell
-
-
-def login_environment(creds: Credentials | None) -> dict[str, str]:
-    """PATH, HOME, USER, LOGNAME and SHELL for the service's user, as login(1) sets them. A uid
-    without a passwd entry gets HOME=/, its number as USER and LOGNAME, and /bin/sh."""
-    uid, name, home, shell = login_identity(creds)
-    who = name or str(uid)
-    return {
-        "PATH": DEFAULT_PATH,
-        "HOME": home or "/",
-        "USER": who,
-        "LOGNAME": who,
-        # passwd(5): an empty shell field means /bin/sh.
-        "SHELL": shell or "/bin/sh",
-    }
-
-
-def default_cwd(creds: Credentials | None) -> str:
-    """The user's home directory if it is one, else /: like login(1), never oomguard's own
-    working directory, which says nothing about the service."""
-    home = login_identity(creds)[2]
-    return home if home and os.path.isabs(home) and os.path.isdir(home) else "/"
-
-
-def _exec_problem(path: str) -> str | None:
-    """Why `path` cannot be exec'd (as far as the parent can tell), or None."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return "no such file"
-    except OSError as e:
-        return e.strerror or str(e)
-    if stat.S_ISDIR(st.st_mode):
-        return "it is a directory"
-    if not stat.S_ISREG(st.st_mode):
-        return "it is not a regular file"
-    if not os.access(path, os.X_OK):
-        return "it is not executable"
-    return None
-
-
-def resolve_executable(argv0: str, path: str | None, cwd: str | None, *, service: str = "?") -> str:
-    """The absolute path execve will run for `argv0`, searched like execvp: `argv0` with a
-    slash is taken as is (relative to `cwd`, the directory the child will be in), otherwise each
-    entry of the *child's* `path` (its PATH; os.defpath if unset) is tried in order.
-
-    Raises LaunchError before any fork. The final say is execve's, as the service user: a file
-    that root may exec but the user may not still fails there, with a precise message.
-    """
-    where = f"service.{service}"
-    base = cwd or os.getcwd()
-    if not argv0:
-        raise LaunchError(f"{where}: the command is empty", hint="set the program to run")
-    if "/" in argv0:
-        candidate = os.path.normpath(os.path.join(base, argv0))
-        problem = _exec_problem(candidate)
-        if problem is not None:
-            hint = (
-                "fix the path or install the program"
-                if problem == "no such file"
-                else f"make it an executable file (chmod +x {candidate})"
-            )
-            raise LaunchError(f"{where}: cannot run {candidate}: {problem}", hint=hint)
-        return candidate
-    search = os.defpath if path is None else path
-    not_executable: str | None = None
-    for entry in search.split(os.pathsep):
-        # An empty PATH entry means the current directory, as in execvp.
-        candidate = os.path.normpath(os.path.join(base, entry or ".", argv0))
-        problem = _exec_problem(candidate)
-        if problem is None:
-            return candidate
-        if problem != "no such file" and not_executable is None:
-            not_executable = f"{candidate} ({problem})"
-    if not_executable is not None:
-        raise LaunchError(
-            f"{where}: cannot run {argv0!r}: found {not_executable} but nothing executable "
-            f"in PATH ({search})",
-            hint="make the program executable, or fix PATH in the service's environment",
-        )
-    raise LaunchError(
-        f"{where}: cannot find {argv0!r} in PATH ({search})",
-        hint="install it, set PATH in the service's environment, or use an absolute path",
-    )
-
-
-def _resolve_cwd(spec: LaunchSpec, creds: Credentials | None) -> str | None:
-    if spec.cwd is None:
-        return default_cwd(creds) if spec.home_cwd else None
-    cwd = os.path.abspath(spec.cwd)
-    if not os.path.exists(cwd):
-        raise LaunchError(
-            f"service.{spec.name}.cwd: {cwd} does not exist",
-            hint="create the directory or fix the path",
-        )
-    if not os.path.isdir(cwd):
-        raise LaunchError(
-            f"service.{spec.name}.cwd: {cwd} is not a directory", hint="point it at a directory"
-        )
-    return cwd
-
-
-def _read_own_oom_score_adj() -> int:
-    try:
-        with open("/proc/self/oom_score_adj", "rb") as f:
-            return int(f.read().strip() or b"0")
-    except (OSError, ValueError):
-        return 0
-
-
-def can_lower_oom_score_adj() -> bool:
-    """True if this process has CAP_SYS_RESOURCE, which lowering oom_score_adj requires.
-    (Raising it never needs a capability; children inherit the value.)"""
-    try:
-        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("CapEff:"):
-                    return bool((int(line.split()[1], 16) >> _CAP_SYS_RESOURCE) & 1)
-    except (OSError, ValueError, IndexError):
-        pass
-    return os.geteuid() == 0
-
-
 # --- fork/exec --------------------------------------------------------------------------------
 
 
@@ -484,73 +261,113 @@ def _report(fd: int, stage: Stage, err: int, fatal: bool) -> None:
         os.write(fd, bytes((int(stage), 1 if fatal else 0)) + err.to_bytes(4, "little"))
 
 
+def _join_cgroup(p: _Plan) -> None:
+    if p.cgroup_fd >= 0:
+        os.write(p.cgroup_fd, b"0")
+
+
+def _set_oom_score_adj(p: _Plan) -> None:
+    if p.oom_score_adj is not None:
+        try:
+            proc.write_oom_score_adj(p.oom_score_adj)
+        except OSError as e:
+            # Not fatal: the service still runs, with the inherited value.
+            _report(p.err_w, Stage.OOM_SCORE_ADJ, e.errno or 0, fatal=False)
+
+
+def _reset_signals(p: _Plan) -> None:
+    # All signals are still blocked (the parent blocked them around fork). Reset the
+    # dispositions first, then stop CPython's C handler from writing to the parent's
+    # SignalQueue socket, so nothing that arrives before exec is misdelivered.
+    signal.set_wakeup_fd(-1)
+    for sig in p.reset_signals:
+        with contextlib.suppress(OSError, ValueError):  # e.g. glibc's reserved RT signals
+            signal.signal(sig, signal.SIG_DFL)
+
+
+def _setsid(p: _Plan) -> None:
+    os.setsid()
+
+
+def _stdio(p: _Plan) -> None:
+    os.dup2(p.stdin_fd, 0)
+    if p.stdout_w >= 0:
+        os.dup2(p.stdout_w, 1)
+    if p.stderr_w >= 0:
+        os.dup2(p.stderr_w, 2)
+
+
+def _close_fds(p: _Plan) -> None:
+    # Keep 0-2 and the error pipe (CLOEXEC: exec closes it, which is the success signal).
+    os.closerange(3, p.err_w)
+    os.closerange(p.err_w + 1, p.max_fd)
+
+
+def _setgroups(p: _Plan) -> None:
+    if p.setgroups is not None:
+        os.setgroups(p.setgroups)
+
+
+def _setgid(p: _Plan) -> None:
+    if p.setgid is not None:
+        os.setgid(p.setgid)
+
+
+def _setuid(p: _Plan) -> None:
+    if p.setuid is not None:
+        os.setuid(p.setuid)
+
+
+def _pdeathsig(p: _Plan) -> None:
+    # After the credential change, which clears it (see the module docstring).
+    if p.pdeathsig is not None:
+        prctl, sig, parent = p.pdeathsig
+        if prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            raise OSError(errno.EINVAL, "prctl")
+        if os.getppid() != parent:
+            os._exit(127)  # oomguard died before the prctl: start nothing
+
+
+def _chdir(p: _Plan) -> None:
+    if p.cwd is not None:
+        try:
+            os.chdir(p.cwd)
+        except OSError:
+            if p.cwd_fallback is None:
+                raise
+            os.chdir(p.cwd_fallback)
+
+
+def _exec(p: _Plan) -> None:
+    # Last: an empty mask, not the parent's (the mask survives exec).
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    os.execve(p.exe, p.argv, p.env)
+
+
+#: The child's steps in order (see the module docstring), each under the stage it reports.
+_CHILD_STEPS: tuple[tuple[Stage, Callable[[_Plan], None]], ...] = (
+    (Stage.CGROUP, _join_cgroup),
+    (Stage.OOM_SCORE_ADJ, _set_oom_score_adj),
+    (Stage.SIGNALS, _reset_signals),
+    (Stage.SETSID, _setsid),
+    (Stage.STDIO, _stdio),
+    (Stage.CLOSE_FDS, _close_fds),
+    (Stage.SETGROUPS, _setgroups),
+    (Stage.SETGID, _setgid),
+    (Stage.SETUID, _setuid),
+    (Stage.PDEATHSIG, _pdeathsig),
+    (Stage.CHDIR, _chdir),
+    (Stage.EXEC, _exec),
+)
+
+
 def _child_main(p: _Plan) -> NoReturn:  # pragma: no cover - runs in the forked child only
     # Coverage cannot see this (the child _exits); the tests exercise every stage through
     # the parent's view of the error pipe.
     stage = Stage.CGROUP
     try:
-        if p.cgroup_fd >= 0:
-            os.write(p.cgroup_fd, b"0")
-        stage = Stage.OOM_SCORE_ADJ
-        if p.oom_score_adj is not None:
-            try:
-                fd = os.open(b"/proc/self/oom_score_adj", os.O_WRONLY | os.O_CLOEXEC)
-                try:
-                    os.write(fd, p.oom_score_adj)
-                finally:
-                    os.close(fd)
-            except OSError as e:
-                # Not fatal: the service still runs, with the inherited value.
-                _report(p.err_w, Stage.OOM_SCORE_ADJ, e.errno or 0, fatal=False)
-        stage = Stage.SIGNALS
-        # All signals are still blocked (the parent blocked them around fork). Reset the
-        # dispositions first, then stop CPython's C handler from writing to the parent's
-        # SignalQueue socket, so nothing that arrives before exec is misdelivered.
-        signal.set_wakeup_fd(-1)
-        for sig in p.reset_signals:
-            with contextlib.suppress(OSError, ValueError):  # e.g. glibc's reserved RT signals
-                signal.signal(sig, signal.SIG_DFL)
-        stage = Stage.SETSID
-        os.setsid()
-        stage = Stage.STDIO
-        os.dup2(p.stdin_fd, 0)
-        if p.stdout_w >= 0:
-            os.dup2(p.stdout_w, 1)
-        if p.stderr_w >= 0:
-            os.dup2(p.stderr_w, 2)
-        stage = Stage.CLOSE_FDS
-        # Keep 0-2 and the error pipe (CLOEXEC: exec closes it, which is the success signal).
-        os.closerange(3, p.err_w)
-        os.closerange(p.err_w + 1, p.max_fd)
-        if p.setgroups is not None:
-            stage = Stage.SETGROUPS
-            os.setgroups(p.setgroups)
-        if p.setgid is not None:
-            stage = Stage.SETGID
-            os.setgid(p.setgid)
-        if p.setuid is not None:
-            stage = Stage.SETUID
-            os.setuid(p.setuid)
-        if p.pdeathsig is not None:
-            # After the credential change, which clears it (see the module docstring).
-            stage = Stage.PDEATHSIG
-            prctl, sig, parent = p.pdeathsig
-            if prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-                raise OSError(errno.EINVAL, "prctl")
-            if os.getppid() != parent:
-                os._exit(127)  # oomguard died before the prctl: start nothing
-        if p.cwd is not None:
-            stage = Stage.CHDIR
-            try:
-                os.chdir(p.cwd)
-            except OSError:
-                if p.cwd_fallback is None:
-                    raise
-                os.chdir(p.cwd_fallback)
-        stage = Stage.EXEC
-        # Last: an empty mask, not the parent's (the mask survives exec).
-        signal.pthread_sigmask(signal.SIG_SETMASK, ())
-        os.execve(p.exe, p.argv, p.env)
+        for stage, step in _CHILD_STEPS:  # noqa: B007 - `stage` names the step that failed
+            step(p)
     except OSError as e:
         _report(p.err_w, stage, e.errno or 0, fatal=True)
     except BaseException:
@@ -601,10 +418,8 @@ def _pipe(owned: list[int]) -> tuple[int, int]:
 
 
 def _highest_fd() -> int:
-    try:
-        return max(int(n) for n in os.listdir("/proc/self/fd"))
-    except (OSError, ValueError):
-        return max(os.sysconf("SC_OPEN_MAX"), 1024) - 1
+    highest = proc.highest_fd()
+    return max(os.sysconf("SC_OPEN_MAX"), 1024) - 1 if highest is None else highest
 
 
 def _read_reports(fd: int, timeout: float) -> tuple[list[tuple[Stage, int, bool]], bool]:
@@ -692,6 +507,145 @@ def _fatal_error(
     return LaunchError(f"{where}: cannot start: failed to {_STAGE_TEXT[stage]}: {why}")
 
 
+class _Pipes(NamedTuple):
+    """The pipes of one start: the error pipe, the child's stdin (/dev/null) and, in prefix
+    mode, its stdout and stderr (-1 otherwise)."""
+
+    err_r: int
+    err_w: int
+    stdin: int
+    out_r: int = -1
+    out_w: int = -1
+    errp_r: int = -1
+    errp_w: int = -1
+
+
+def _open_pipes(owned: list[int], *, prefix: bool) -> _Pipes:
+    err_r, err_w = _pipe(owned)
+    stdin_fd = _above_stdio(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+    owned.append(stdin_fd)
+    if not prefix:
+        # The child's 0-2 are dup2'd or inherited; stdio must survive exec.
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):  # closed stdio: the service has none
+                os.set_inheritable(fd, True)
+        return _Pipes(err_r, err_w, stdin_fd)
+    out_r, out_w = _pipe(owned)
+    errp_r, errp_w = _pipe(owned)
+    return _Pipes(err_r, err_w, stdin_fd, out_r, out_w, errp_r, errp_w)
+
+
+def _close(owned: list[int], *fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            owned.remove(fd)
+            os.close(fd)
+
+
+def _death_signal(spec: LaunchSpec, warnings: list[str]) -> tuple[_Prctl, int, int] | None:
+    if spec.death_signal is None:
+        return None
+    prctl = _libc_prctl()
+    if prctl is None:  # pragma: no cover - no libc with prctl
+        warnings.append(f"service.{spec.name}: no prctl(); it would outlive a killed oomguard")
+        return None
+    return prctl, int(spec.death_signal), os.getpid()
+
+
+def _make_plan(
+    spec: LaunchSpec,
+    pre: Prepared,
+    pipes: _Pipes,
+    cgroup_procs_fd: int | None,
+    pdeathsig: tuple[_Prctl, int, int] | None,
+) -> _Plan:
+    return _Plan(
+        exe=os.fsencode(pre.exe),
+        argv=tuple(os.fsencode(a) for a in spec.argv),
+        env={os.fsencode(k): os.fsencode(v) for k, v in pre.env.items()},
+        cwd=None if pre.cwd is None else os.fsencode(pre.cwd),
+        cwd_fallback=None if pre.cwd_fallback is None else os.fsencode(pre.cwd_fallback),
+        cgroup_fd=-1 if cgroup_procs_fd is None else cgroup_procs_fd,
+        oom_score_adj=pre.oom_score_adj,
+        reset_signals=_signals_to_reset(),
+        stdin_fd=pipes.stdin,
+        stdout_w=pipes.out_w,
+        stderr_w=pipes.errp_w,
+        err_w=pipes.err_w,
+        max_fd=_highest_fd() + 1,
+        setgroups=pre.ids.setgroups,
+        setgid=pre.ids.setgid,
+        setuid=pre.ids.setuid,
+        pdeathsig=pdeathsig,
+    )
+
+
+def _fork(plan: _Plan, where: str) -> int:
+    # Block every signal across fork: the child must not run a Python handler (or write to the
+    # parent's SignalQueue socket) before it has reset them. The parent restores its mask right
+    # after; anything that arrived meanwhile is delivered then.
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            _child_main(plan)
+    except OSError as e:
+        raise LaunchError(
+            f"{where}: cannot fork: {e.strerror}",
+            hint="the system (or oomguard's own cgroup: pids.max, memory) is out of "
+            "processes or memory",
+        ) from e
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+    return pid
+
+
+def _open_pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except OSError as e:
+        if e.errno != errno.ENOSYS:  # pragma: no cover - our own unreaped child exists
+            raise
+    return -1
+
+
+def _abandon(pid: int, pidfd: int, *, kill: bool) -> None:
+    """Reap a child that will not exec (killed first if it is stuck before exec)."""
+    if kill:
+        if pidfd >= 0:
+            send_signal(pidfd, signal.SIGKILL)
+        else:  # pragma: no cover - kernels without pidfd
+            os.kill(pid, signal.SIGKILL)
+    wait_exited(pid)
+    close_pidfd(pidfd)
+
+
+def _start_error(
+    spec: LaunchSpec,
+    pre: Prepared,
+    fatal: tuple[Stage, int] | None,
+    cgroup: str | None,
+    exec_timeout: float,
+) -> LaunchError:
+    if fatal is not None:
+        return _fatal_error(
+            spec, exe=pre.exe, cwd=pre.cwd, stage=fatal[0], err=fatal[1], cgroup=cgroup
+        )
+    return LaunchError(
+        f"service.{spec.name}: did not reach exec within {exec_timeout:g}s and was killed",
+        hint="is its slice frozen (cgroup.freeze) or out of memory?",
+    )
+
+
+def _child_warnings(spec: LaunchSpec, records: list[tuple[Stage, int, bool]]) -> list[str]:
+    return [
+        f"service.{spec.name}: could not set oom_score_adj={spec.oom_score_adj}: "
+        f"{_strerror(err)}; it keeps oomguard's value"
+        for stage, err, _ in records
+        if stage == Stage.OOM_SCORE_ADJ and spec.oom_score_adj is not None
+    ]
+
+
 def spawn(
     spec: LaunchSpec,
     cgroup_procs_fd: int | None,
@@ -711,151 +665,27 @@ def spawn(
     """
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("spawn() must be called from the main thread")
-    where = f"service.{spec.name}"
-    # Kept although the config refuses an empty command: LaunchSpec is also built outside the
-    # Plan (runtime/oneshot.py, tests), and argv[0] is read just below.
-    if not spec.argv:
-        raise LaunchError(f"{where}: the command is empty", hint="set the program to run")
-    creds = resolve_credentials(spec.user, spec.group, service=spec.name)
-    cwd = _resolve_cwd(spec, creds)
-    env = spec.child_env(login_environment(creds) if spec.login_env else None)
-    exe = resolve_executable(spec.argv[0], env.get("PATH"), cwd, service=spec.name)
-
-    warnings: list[str] = []
-    oom_bytes: bytes | None = None
-    if spec.oom_score_adj is not None:
-        # In range by construction: the Plan's oom_score_adj is bounded by the config's field
-        # type (-999..1000), and oomguard's own adj is what the kernel gave it.
-        adj = spec.oom_score_adj
-        current = _read_own_oom_score_adj()
-        if adj < current and not can_lower_oom_score_adj():
-            # Decided here, not in the child: the child cannot log, and a refused write is a
-            # degraded start, not a failed one.
-            msg = (
-                f"{where}: cannot lower oom_score_adj to {adj} without CAP_SYS_RESOURCE; "
-                f"it keeps oomguard's {current}"
-            )
-            warnings.append(msg)
-        elif adj != current:
-            oom_bytes = str(adj).encode()
-
-    setgroups: tuple[int, ...] | None = None
-    setgid: int | None = None
-    setuid: int | None = None
-    if creds is not None:
-        # Only change what differs, so an unprivileged oomguard can name its own user.
-        if sorted(set(creds.groups)) != sorted(set(os.getgroups())):
-            setgroups = creds.groups
-        if (creds.gid, creds.gid) != (os.getgid(), os.getegid()):
-            setgid = creds.gid
-        if (creds.uid, creds.uid) != (os.getuid(), os.geteuid()):
-            setuid = creds.uid
-
-    pdeathsig: tuple[_Prctl, int, int] | None = None
-    if spec.death_signal is not None:
-        prctl = _libc_prctl()
-        if prctl is None:  # pragma: no cover - no libc with prctl
-            warnings.append(f"{where}: no prctl(); it would outlive a killed oomguard")
-        else:
-            pdeathsig = (prctl, int(spec.death_signal), os.getpid())
-
+    pre = prepare(spec)
+    warnings = list(pre.warnings)
+    pdeathsig = _death_signal(spec, warnings)
     owned: list[int] = []  # fds to close in the parent whatever happens
     try:
-        err_r, err_w = _pipe(owned)
-        stdin_fd = _above_stdio(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-        owned.append(stdin_fd)
-        out_r = out_w = errp_r = errp_w = -1
-        if spec.log == "prefix":
-            out_r, out_w = _pipe(owned)
-            errp_r, errp_w = _pipe(owned)
-        else:
-            # The child's 0-2 are dup2'd or inherited; stdio must survive exec.
-            for fd in (1, 2):
-                with contextlib.suppress(OSError):  # closed stdio: the service has none
-                    os.set_inheritable(fd, True)
-        cgroup_fd = -1 if cgroup_procs_fd is None else cgroup_procs_fd
-        plan = _Plan(
-            exe=os.fsencode(exe),
-            argv=tuple(os.fsencode(a) for a in spec.argv),
-            env={os.fsencode(k): os.fsencode(v) for k, v in env.items()},
-            cwd=os.fsencode(cwd) if cwd is not None else None,
-            # A home directory the user may not enter (0700 of another owner, a network mount
-            # that is down) falls back to / as login(1) does; a configured cwd never does.
-            cwd_fallback=b"/" if spec.cwd is None and cwd not in (None, "/") else None,
-            cgroup_fd=cgroup_fd,
-            oom_score_adj=oom_bytes,
-            reset_signals=_signals_to_reset(),
-            stdin_fd=stdin_fd,
-            stdout_w=out_w,
-            stderr_w=errp_w,
-            err_w=err_w,
-            max_fd=_highest_fd() + 1,
-            setgroups=setgroups,
-            setgid=setgid,
-            setuid=setuid,
-            pdeathsig=pdeathsig,
+        pipes = _open_pipes(owned, prefix=spec.log == "prefix")
+        pid = _fork(
+            _make_plan(spec, pre, pipes, cgroup_procs_fd, pdeathsig), f"service.{spec.name}"
         )
-
-        # Block every signal across fork: the child must not run a Python handler (or write
-        # to the parent's SignalQueue socket) before it has reset them. The parent restores
-        # its mask right after; anything that arrived meanwhile is delivered then.
-        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
-        try:
-            pid = os.fork()
-            if pid == 0:  # pragma: no cover - child
-                _child_main(plan)
-        except OSError as e:
-            raise LaunchError(
-                f"{where}: cannot fork: {e.strerror}",
-                hint="the system (or oomguard's own cgroup: pids.max, memory) is out of "
-                "processes or memory",
-            ) from e
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
-
         # Close our copies of the child's ends now: EOF on err_r must mean "exec'd or died",
         # and EOF on the output pipes must mean "the service closed them".
-        for fd in (err_w, stdin_fd, out_w, errp_w):
-            if fd >= 0:
-                owned.remove(fd)
-                os.close(fd)
-
-        pidfd = -1
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError as e:
-            if e.errno != errno.ENOSYS:  # pragma: no cover - our own unreaped child exists
-                raise
-        records, timed_out = _read_reports(err_r, exec_timeout)
-        owned.remove(err_r)
-        os.close(err_r)
-
+        _close(owned, pipes.err_w, pipes.stdin, pipes.out_w, pipes.errp_w)
+        pidfd = _open_pidfd(pid)
+        records, timed_out = _read_reports(pipes.err_r, exec_timeout)
+        _close(owned, pipes.err_r)
         fatal = next(((s, e) for s, e, f in records if f), None)
         if timed_out or fatal is not None:
-            if timed_out:
-                if pidfd >= 0:
-                    send_signal(pidfd, signal.SIGKILL)
-                else:  # pragma: no cover - kernels without pidfd
-                    os.kill(pid, signal.SIGKILL)
-            wait_exited(pid)
-            close_pidfd(pidfd)
-            if fatal is not None:
-                raise _fatal_error(
-                    spec, exe=exe, cwd=cwd, stage=fatal[0], err=fatal[1], cgroup=cgroup
-                )
-            raise LaunchError(
-                f"{where}: did not reach exec within {exec_timeout:g}s and was killed",
-                hint="is its slice frozen (cgroup.freeze) or out of memory?",
-            )
-        for stage, err, _ in records:
-            if stage == Stage.OOM_SCORE_ADJ and spec.oom_score_adj is not None:
-                msg = (
-                    f"{where}: could not set oom_score_adj={spec.oom_score_adj}: "
-                    f"{_strerror(err)}; it keeps oomguard's value"
-                )
-                warnings.append(msg)
-
-        for fd in (out_r, errp_r):
+            _abandon(pid, pidfd, kill=timed_out)
+            raise _start_error(spec, pre, fatal, cgroup, exec_timeout)
+        warnings += _child_warnings(spec, records)
+        for fd in (pipes.out_r, pipes.errp_r):
             if fd >= 0:
                 os.set_blocking(fd, False)
                 owned.remove(fd)
@@ -863,8 +693,8 @@ def spawn(
             name=spec.name,
             pid=pid,
             pidfd=pidfd,
-            stdout_fd=out_r,
-            stderr_fd=errp_r,
+            stdout_fd=pipes.out_r,
+            stderr_fd=pipes.errp_r,
             warnings=tuple(warnings),
         )
     finally:

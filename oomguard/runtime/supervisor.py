@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from oomguard import proc
 from oomguard.cgroup import tree as treemod
 from oomguard.cgroup.spec import SUPERVISOR_LEAF
 from oomguard.errors import CgroupError, LaunchError, OomguardError, Vanished
@@ -42,9 +43,7 @@ from oomguard.observe.eventlog import EventLog
 from oomguard.observe.sink import SELF, OutputSink
 from oomguard.observe.state import (
     TreeLedger,
-    is_zombie,
     make_state,
-    proc_start_ticks,
     read_state,
     state_writer_alive,
     write_state,
@@ -147,7 +146,7 @@ class Supervisor:
         #: Degraded: services run in oomguard's own cgroup with their oom_score_adj, and an OOM
         #: kill is recognised from /proc/vmstat's global oom_kill counter at a SIGKILL exit.
         self.degraded = degraded
-        self.vmstat_oom_kill = _vmstat_oom_kill()
+        self.vmstat_oom_kill = proc.vmstat_oom_kill()
         self.clock = clock
         self.wall = wall
         self.stdout_fd = stdout_fd
@@ -311,14 +310,10 @@ class Supervisor:
         and be unkillable. Children get their own value written before exec (launcher).
         """
         target = -999
-        try:
-            with open("/proc/self/oom_score_adj", "rb") as f:
-                current = int(f.read())
-        except (OSError, ValueError):
+        current = proc.oom_score_adj()
+        if current is None or current <= target:
             return
-        if current <= target:
-            return
-        if not launcher.can_lower_oom_score_adj():
+        if not proc.can_lower_oom_score_adj():
             self.log.warn(
                 "self_oom_score_adj",
                 keeps=current,
@@ -327,8 +322,7 @@ class Supervisor:
             )
             return
         try:
-            with open("/proc/self/oom_score_adj", "wb", buffering=0) as f:
-                f.write(b"%d" % target)
+            proc.write_oom_score_adj(b"%d" % target)
         except OSError as err:
             self.log.warn("self_oom_score_adj", keeps=current, error=err.strerror or str(err))
 
@@ -566,7 +560,7 @@ class Supervisor:
             self.log.warn("spawn", service=svc.name, detail=warning)
         svc.child = child
         svc.started_wall = self.wall()
-        svc.pid_start = proc_start_ticks(child.pid)
+        svc.pid_start = proc.start_ticks(child.pid)
         self.by_pid[child.pid] = svc
         self.reaper.track(child.pid)
         if child.pidfd >= 0:
@@ -861,7 +855,7 @@ class Supervisor:
     def _check_vmstat(self, svc: Service) -> None:
         """Degraded mode: /proc/vmstat's oom_kill is global, so a rise during this service's
         SIGKILL exit is strong but not certain evidence; it is reported as such."""
-        now = _vmstat_oom_kill()
+        now = proc.vmstat_oom_kill()
         if now is not None and self.vmstat_oom_kill is not None and now > self.vmstat_oom_kill:
             svc.oom_pending = True
             self.log.warn(
@@ -1159,18 +1153,6 @@ def _released(done: release.Released) -> dict[str, Any]:
     }
 
 
-def _vmstat_oom_kill() -> int | None:
-    """The kernel's global count of OOM kills (/proc/vmstat, Linux 4.13+), or None."""
-    try:
-        with open("/proc/vmstat", "rb") as f:
-            for line in f:
-                if line.startswith(b"oom_kill "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -1179,7 +1161,7 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     # A zombie still "exists" for kill(0); /proc state tells it apart.
-    return is_zombie(pid) is False
+    return proc.is_zombie(pid) is False
 
 
 def _b64(text: str) -> str:

@@ -32,11 +32,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from oomguard.observe.state import is_zombie, proc_start_ticks
+from oomguard import proc
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
-    from pathlib import Path
 
 #: The environment variable every service gets: this supervisor run's random token.
 INSTANCE_ENV = "OOMGUARD_INSTANCE"
@@ -59,11 +58,8 @@ class Survivor:
     how: str
 
 
-def find(state: Mapping[str, Any], proc_root: Path | None = None) -> list[Survivor]:
+def find(state: Mapping[str, Any], proc_root: str | os.PathLike[str] = proc.PROC) -> list[Survivor]:
     """The provably-ours processes a dead supervisor's `state` left, each pinned by a pidfd."""
-    from pathlib import Path
-
-    proc = proc_root or Path("/proc")
     found: dict[int, Survivor] = {}
     services = state.get("services")
     if isinstance(services, dict):
@@ -75,18 +71,18 @@ def find(state: Mapping[str, Any], proc_root: Path | None = None) -> list[Surviv
                 continue
             if pid <= 1 or pid == os.getpid():
                 continue
-            fd = _pin(pid, start, proc)
+            fd = _pin(pid, start, proc_root)
             if fd is not None:
                 # The service is a session leader: while it lives, its group is its own.
                 found[pid] = Survivor(str(name), pid, fd, True, "pid+start")
     digest = state.get("instance_sha256")
     writer_start = state.get("pid_start")
     if isinstance(digest, str) and len(digest) == 64:
-        for pid, service in _token_holders(digest, writer_start, proc):
+        for pid, service in _token_holders(digest, writer_start, proc_root):
             if pid in found or pid == os.getpid():
                 continue
-            start = proc_start_ticks(pid, proc)
-            fd = _pin(pid, start, proc) if start is not None else None
+            start = proc.start_ticks(pid, proc_root)
+            fd = _pin(pid, start, proc_root) if start is not None else None
             if fd is not None:
                 found[pid] = Survivor(service, pid, fd, False, "instance token")
     return sorted(found.values(), key=lambda s: s.pid)
@@ -123,50 +119,36 @@ def stop(
                 os.close(fd)
 
 
-def _pin(pid: int, start: int, proc: Path) -> int | None:
+def _pin(pid: int, start: int, root: str | os.PathLike[str]) -> int | None:
     """A pidfd for `pid` if it is still the process that started at `start`."""
-    if proc_start_ticks(pid, proc) != start:
+    if proc.start_ticks(pid, root) != start:
         return None
     try:
         fd = os.pidfd_open(pid)
     except OSError:
         return None
     # Checked again after pinning: the pid may have been reused in between.
-    if proc_start_ticks(pid, proc) != start:
+    if proc.start_ticks(pid, root) != start:
         os.close(fd)
         return None
     return fd
 
 
-def _token_holders(digest: str, writer_start: object, proc: Path) -> list[tuple[int, str]]:
+def _token_holders(
+    digest: str, writer_start: object, root: str | os.PathLike[str]
+) -> list[tuple[int, str]]:
     out: list[tuple[int, str]] = []
-    try:
-        entries = os.listdir(proc)
-    except OSError:
-        return out
-    prefix = INSTANCE_ENV.encode() + b"="
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        pid = int(entry)
+    for pid in proc.pids(root):
         if isinstance(writer_start, int):
             # A service started after its supervisor; anything older cannot be one.
-            start = proc_start_ticks(pid, proc)
+            start = proc.start_ticks(pid, root)
             if start is None or start < writer_start:
                 continue
-        try:
-            with open(proc / entry / "environ", "rb") as f:
-                env = f.read(1 << 20)
-        except OSError:
-            continue
-        token = service = None
-        for item in env.split(b"\0"):
-            if item.startswith(prefix):
-                token = item[len(prefix) :].decode("ascii", "replace")
-            elif item.startswith(b"OOMGUARD_SERVICE="):
-                service = item.split(b"=", 1)[1].decode("utf-8", "replace")
-        if token is not None and token_hash(token) == digest:
-            out.append((pid, service or "?"))
+        env = proc.environ(pid, root)
+        token = None if env is None else env.get(INSTANCE_ENV.encode())
+        if token is not None and token_hash(token.decode("ascii", "replace")) == digest:
+            service = env.get(b"OOMGUARD_SERVICE") if env is not None else None
+            out.append((pid, "?" if service is None else service.decode("utf-8", "replace")))
     return out
 
 
@@ -187,4 +169,4 @@ def _alive(s: Survivor) -> bool:
     except OSError:
         return True
     # A zombie (not reaped: its parent is gone or init) counts as stopped.
-    return is_zombie(s.pid) is False
+    return proc.is_zombie(s.pid) is False

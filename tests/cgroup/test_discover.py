@@ -1,27 +1,39 @@
-"""Discovery parsing on sample texts from each host shape, plus one read-only live smoke test."""
+"""Discovery on sample texts from each host shape, its cgroup facts on a fake cgroup2 mount, plus
+one read-only live smoke test."""
 
 from __future__ import annotations
 
+import errno
 import os
+from typing import TYPE_CHECKING
 
 import pytest
 
+from oomguard import proc
 from oomguard.cgroup import discover as dsc
 from oomguard.cgroup.discover import (
     HostMode,
     cgroup2_mounts,
+    cgroup_facts,
     choose_cgroup2_mount,
     classify,
     container_evidence,
     kernel_version,
+    relative_cgroup,
+    v1_mounts,
+)
+from oomguard.cgroup.path import CgroupPath
+from oomguard.proc import (
     parse_cap_eff,
     parse_mountinfo,
     parse_ns_inode,
     parse_proc_cgroup,
     parse_swaps,
-    relative_cgroup,
-    v1_mounts,
 )
+from tests.cgroup.fakefs import FakeCgroupFS
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # This build host: systemd-style hybrid, memory on v1, cgroup2 at /sys/fs/cgroup/unified.
 HYBRID_MOUNTINFO = """\
@@ -181,7 +193,7 @@ def test_docker_private_cgroupns() -> None:
         dockerenv=True,
         containerenv=False,
         container_env=None,
-        pid1_cgroup="0::/\n",
+        pid1_cgroup=parse_proc_cgroup("0::/\n"),
         own_ns=4026532500,
         init_ns=None,
         own_unified=pc.unified,
@@ -235,7 +247,7 @@ def test_container_evidence_plain_host() -> None:
         dockerenv=False,
         containerenv=False,
         container_env=None,
-        pid1_cgroup="0::/init.scope\n",
+        pid1_cgroup=parse_proc_cgroup("0::/init.scope\n"),
         own_ns=dsc.INIT_CGROUP_NS_INO,
         init_ns=dsc.INIT_CGROUP_NS_INO,
         own_unified="/user.slice",
@@ -249,7 +261,9 @@ def test_container_evidence_podman_and_v1_docker_paths() -> None:
         dockerenv=False,
         containerenv=True,
         container_env="podman",
-        pid1_cgroup="4:memory:/docker/0123abcd\n1:name=systemd:/docker/0123abcd\n",
+        pid1_cgroup=parse_proc_cgroup(
+            "4:memory:/docker/0123abcd\n1:name=systemd:/docker/0123abcd\n"
+        ),
         own_ns=None,
         init_ns=None,
         own_unified=None,
@@ -266,9 +280,9 @@ def test_capabilities() -> None:
     # This host: root without CAP_SYS_RESOURCE (bit 24 cleared).
     cap = parse_cap_eff("Name:\tx\nCapInh:\t0\nCapEff:\t000001fffeffffff\n")
     assert cap == 0x1FFFEFFFFFF
-    assert not dsc.has_capability(cap, dsc.CAP_SYS_RESOURCE)
-    assert dsc.has_capability(0x1FFFFFFFFFF, dsc.CAP_SYS_RESOURCE)
-    assert not dsc.has_capability(None, dsc.CAP_SYS_RESOURCE)
+    assert not proc.has_capability(cap, proc.CAP_SYS_RESOURCE)
+    assert proc.has_capability(0x1FFFFFFFFFF, proc.CAP_SYS_RESOURCE)
+    assert not proc.has_capability(None, proc.CAP_SYS_RESOURCE)
     assert parse_cap_eff("CapEff:\tzz\n") is None
     assert parse_cap_eff("") is None
 
@@ -281,11 +295,67 @@ def test_swaps() -> None:
     )
 
 
-def test_parse_limit_text() -> None:
-    assert dsc.parse_limit_text("2147483648\n") == 2 << 30
-    assert dsc.parse_limit_text("max\n") is None
-    assert dsc.parse_limit_text(None) is None
-    assert dsc.parse_limit_text("") is None
+# -- cgroup facts, read through CgroupFS (a fake mount here) ------------------------------------
+
+
+def test_facts_in_the_root_cgroup_of_a_writable_mount(tmp_path: Path) -> None:
+    fs = FakeCgroupFS(tmp_path / "cg")
+    fs.add_proc("/", 1)
+    fs.add_proc("/", 321)
+    fs.mkdir(CgroupPath.parse("/other"))
+    facts = cgroup_facts(fs, "/", read_only=False, pid=321)
+    assert facts.own_is_root is True
+    assert facts.own_dir == str(fs.mount)
+    assert facts.root_controllers == facts.controllers == frozenset({"cpu", "io", "memory", "pids"})
+    assert facts.subtree_control == frozenset()
+    assert facts.mount_writable and facts.own_dir_writable
+    assert facts.other_procs == (1,)  # not us
+    # The root has no memory.max; cgroup.kill is looked for in a child cgroup.
+    assert facts.own_memory_max is None and facts.own_oom_group is None
+    assert facts.cgroup_kill is True
+    # Memory is not enabled below the root, so memory.peak is judged by the kernel release.
+    assert facts.memory_peak == (kernel_version(os.uname().release) >= dsc.MEMORY_PEAK_SINCE)
+
+
+def test_facts_in_a_container_cgroup_with_a_limit(tmp_path: Path) -> None:
+    fs = FakeCgroupFS(tmp_path / "cg", cgroup_kill=False)
+    fs.enable_controllers(CgroupPath(), ["memory", "pids"])
+    own = CgroupPath.parse("/kubepods/pod1")
+    fs.mkdir(own.parent)
+    fs.enable_controllers(own.parent, ["memory", "pids"])
+    fs.mkdir(own)
+    fs.write(own, "memory.max", str(512 << 20))
+    fs.write(own, "memory.oom.group", "1")
+    facts = cgroup_facts(fs, str(own), read_only=False, pid=321)
+    assert facts.own_is_root is False
+    assert facts.controllers == frozenset({"memory", "pids"})
+    assert facts.own_memory_max == 512 << 20
+    assert facts.own_oom_group is True
+    assert facts.other_procs == ()
+    assert facts.psi_cgroup is True
+    assert (facts.cgroup_kill, facts.memory_peak, facts.memory_swap_max) == (False, False, True)
+
+
+def test_facts_of_a_read_only_mount(tmp_path: Path) -> None:
+    fs = FakeCgroupFS(tmp_path / "cg")
+    facts = cgroup_facts(fs, "/", read_only=True, pid=321)
+    assert not facts.mount_writable and not facts.own_dir_writable
+    assert facts.controllers is not None
+
+
+def test_facts_when_our_cgroup_is_not_reachable_or_unreadable(tmp_path: Path) -> None:
+    fs = FakeCgroupFS(tmp_path / "cg")
+    facts = cgroup_facts(fs, None, read_only=False, pid=321)
+    assert facts == dsc.NO_CGROUP._replace(
+        root_controllers=frozenset({"cpu", "io", "memory", "pids"}), mount_writable=True
+    )
+    # A file we may not read is "could not tell", not an error.
+    fs.fail("read", "/", "cgroup.controllers", errno.EACCES, times=2)
+    facts = cgroup_facts(fs, "/", read_only=False, pid=321)
+    assert facts.root_controllers is None and facts.controllers is None
+    # Our cgroup gone between /proc/self/cgroup and here.
+    gone = cgroup_facts(fs, "/vanished", read_only=False, pid=321)
+    assert gone.own_is_root is None and gone.controllers is None and not gone.own_dir_writable
 
 
 def test_ns_inode_and_kernel_version() -> None:

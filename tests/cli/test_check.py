@@ -14,8 +14,8 @@ from oomguard.cgroup.discover import (
     HostMode,
     V1Mount,
 )
+from oomguard.cgroup.verdict import Assessment, Item, Level, Verdict, assess
 from oomguard.cli import check
-from oomguard.cli.check import Level, Verdict, assess
 
 V2 = Cgroup2Mount("/sys/fs/cgroup", "/", False, True, True)
 
@@ -85,7 +85,7 @@ DOCKER_RO = READY._replace(
 )
 
 
-def item(a: check.Assessment, key: str) -> check.Item:
+def item(a: Assessment, key: str) -> Item:
     return next(i for i in a.items if i.key == key)
 
 

@@ -10,7 +10,7 @@ import pytest
 from oomguard.errors import CgroupError, Vanished
 from oomguard.events.loop import EPOLLPRI, Loop
 from oomguard.events.psi import PsiWatch, trigger_line
-from oomguard.runtime.launcher import can_lower_oom_score_adj
+from oomguard.proc import can_lower_oom_score_adj
 
 SYSTEM = Path("/proc/pressure/memory")
 needs_psi = pytest.mark.skipif(not SYSTEM.exists(), reason="no /proc/pressure (PSI disabled)")

@@ -17,7 +17,6 @@ from oomguard.observe.state import (
     ensure_state_dir,
     make_state,
     pid_alive,
-    proc_start_ticks,
     read_state,
     remove_state,
     state_writer_alive,
@@ -202,18 +201,6 @@ def fake_proc(root: Path, pid: int, comm: str, starttime: int) -> None:
     (root / str(pid) / "stat").write_text(f"{pid} ({comm}) {' '.join(rest)}\n")
 
 
-def test_proc_start_ticks_of_this_process() -> None:
-    ticks = proc_start_ticks(os.getpid())
-    assert isinstance(ticks, int) and ticks > 0
-    assert proc_start_ticks(os.getpid()) == ticks
-
-
-def test_proc_start_ticks_survives_a_hostile_comm(tmp_path: Path) -> None:
-    fake_proc(tmp_path, 42, "evil) S 1 2 3 (x", 987654)
-    assert proc_start_ticks(42, tmp_path) == 987654
-    assert proc_start_ticks(43, tmp_path) is None
-
-
 def test_pid_alive_checks_reuse_when_start_is_known(tmp_path: Path) -> None:
     fake_proc(tmp_path, 42, "oomguard", 1000)
     assert pid_alive(42, None, tmp_path)
@@ -250,15 +237,3 @@ def test_state_writer_alive_rejects_malformed_pids() -> None:
 def test_writer_alive_is_false_for_an_unusable_state_file(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).write_text("{")
     assert not writer_alive(tmp_path)
-
-
-def test_is_zombie_tells_running_exited_and_absent_apart(tmp_path: Path) -> None:
-    from oomguard.observe.state import is_zombie
-
-    proc = tmp_path / "proc"
-    for pid, state in ((10, "S"), (11, "Z")):
-        (proc / str(pid)).mkdir(parents=True)
-        (proc / str(pid) / "stat").write_text(f"{pid} (a) b) {state} 1 2 3\n")
-    assert is_zombie(10, proc) is False
-    assert is_zombie(11, proc) is True  # the comm may hold ")": split on the last one
-    assert is_zombie(12, proc) is None

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from oomguard import proc
 from oomguard.errors import LaunchError
 from oomguard.events.loop import Loop
 from oomguard.runtime import launcher
@@ -25,12 +26,10 @@ from oomguard.runtime.launcher import (
     Child,
     LaunchSpec,
     OutputPump,
-    can_lower_oom_score_adj,
-    resolve_credentials,
-    resolve_executable,
     signal_process_group,
     spawn,
 )
+from oomguard.runtime.preflight import resolve_credentials, resolve_executable
 from oomguard.runtime.reaper import ExitStatus, Reaper
 
 if TYPE_CHECKING:
@@ -509,7 +508,7 @@ def test_oom_score_adj_can_be_raised(spawned: Spawner) -> None:
     assert child.warnings == ()
 
 
-@pytest.mark.skipif(can_lower_oom_score_adj(), reason="this host may lower oom_score_adj")
+@pytest.mark.skipif(proc.can_lower_oom_score_adj(), reason="this host may lower oom_score_adj")
 def test_lowering_without_cap_sys_resource_warns_and_still_starts(spawned: Spawner) -> None:
     with open("/proc/self/oom_score_adj") as f:
         ours = int(f.read())
@@ -523,13 +522,13 @@ def test_lowering_without_cap_sys_resource_warns_and_still_starts(spawned: Spawn
     )
 
 
-@pytest.mark.skipif(can_lower_oom_score_adj(), reason="this host may lower oom_score_adj")
+@pytest.mark.skipif(proc.can_lower_oom_score_adj(), reason="this host may lower oom_score_adj")
 def test_refused_oom_score_adj_write_in_child_is_not_fatal(
     spawned: Spawner, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Pretend the parent thought lowering was allowed: the child's write fails with EACCES,
     # which must come back as a warning through the error pipe, not abort the start.
-    monkeypatch.setattr(launcher, "can_lower_oom_score_adj", lambda: True)
+    monkeypatch.setattr(proc, "can_lower_oom_score_adj", lambda: True)
     with open("/proc/self/oom_score_adj") as f:
         ours = int(f.read())
     child = spawned("cat", "/proc/self/oom_score_adj", oom_score_adj=ours - 1, log="prefix")

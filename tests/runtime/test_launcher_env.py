@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from oomguard.errors import LaunchError
-from oomguard.runtime.launcher import (
+from oomguard.runtime.preflight import (
     DEFAULT_PATH,
     Credentials,
     default_cwd,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from oomguard.observe.state import proc_start_ticks
+from oomguard import proc
 from oomguard.runtime import survivors
 
 if TYPE_CHECKING:
@@ -42,7 +42,7 @@ def spawn(
     procs.append(p)
     # Wait until the interpreter runs (its environment is final after exec).
     for _ in range(200):
-        if os.path.exists(f"/proc/{p.pid}/environ") and proc_start_ticks(p.pid) is not None:
+        if os.path.exists(f"/proc/{p.pid}/environ") and proc.start_ticks(p.pid) is not None:
             break
     return p
 
@@ -52,7 +52,7 @@ def state(**services: dict[str, Any]) -> dict[str, Any]:
 
 
 def record(p: subprocess.Popen[bytes]) -> dict[str, Any]:
-    return {"pid": p.pid, "pid_start": proc_start_ticks(p.pid), "pgid": p.pid}
+    return {"pid": p.pid, "pid_start": proc.start_ticks(p.pid), "pgid": p.pid}
 
 
 def stop_all(
