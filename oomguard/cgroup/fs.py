@@ -146,63 +146,53 @@ class CgroupFS:
         if code == errno.ENODEV or (code == errno.ENOENT and self._gone(p)):
             return Vanished(f"cgroup {p} is gone ({action} {name or 'dir'})")
         if code == errno.ENOENT and name is not None:
-            if not os.path.exists(self._file(p, name)):
-                prefix = name.split(".", 1)[0]
-                return CgroupError(
-                    f"{where} does not exist",
-                    f"the '{prefix}' controller is probably not enabled for this cgroup: it must "
-                    f"be listed in the parent's cgroup.subtree_control (or the kernel is too old "
-                    f"for this file)",
-                )
-            # The file exists, so ENOENT came from the kernel parsing the value: for
-            # cgroup.subtree_control it means "that controller is not in cgroup.controllers".
-            return CgroupError(
-                f"the kernel refused writing{shown} to {where} (ENOENT)",
-                "a controller can only be enabled if it is listed in this cgroup's "
-                "cgroup.controllers, i.e. enabled in the parent's cgroup.subtree_control",
-            )
+            return self._missing(p, name, where, shown)
         if code == errno.ESRCH and name == "cgroup.procs":
             return Vanished(f"process{shown} is gone (moving it into cgroup {p})")
-        if code == errno.EBUSY and name == "cgroup.subtree_control":
-            if value is not None and value.split() and all(t[0] == "-" for t in value.split()):
-                # Disabling is refused while a child still enables the controller below it.
-                return CgroupError(
-                    f"cannot disable controllers{shown} in {where}: a child cgroup still "
-                    f"enables them in its own cgroup.subtree_control",
-                    "disable them in the children first (bottom-up), or remove the children",
-                )
+        if code == errno.EBUSY and name in ("cgroup.subtree_control", "cgroup.procs"):
+            return self._busy(p, name, where, value)
+        return _refused(err, p, where, action, value)
+
+    def _missing(self, p: CgroupPath, name: str, where: str, shown: str) -> CgroupError:
+        """ENOENT on an existing cgroup: a file that is not there, or a value the kernel
+        parsed as naming something that is not there."""
+        if not os.path.exists(self._file(p, name)):
+            prefix = name.split(".", 1)[0]
             return CgroupError(
-                f"cannot enable controllers{shown} in {where}: cgroup {p} has processes "
-                f"({_pids_text(self._procs_quiet(p)) or 'none listed'})",
-                NO_INTERNAL_PROCESS_HINT,
+                f"{where} does not exist",
+                f"the '{prefix}' controller is probably not enabled for this cgroup: it must "
+                f"be listed in the parent's cgroup.subtree_control (or the kernel is too old "
+                f"for this file)",
             )
-        if code == errno.EBUSY and name == "cgroup.procs":
+        # The file exists, so ENOENT came from the kernel parsing the value: for
+        # cgroup.subtree_control it means "that controller is not in cgroup.controllers".
+        return CgroupError(
+            f"the kernel refused writing{shown} to {where} (ENOENT)",
+            "a controller can only be enabled if it is listed in this cgroup's "
+            "cgroup.controllers, i.e. enabled in the parent's cgroup.subtree_control",
+        )
+
+    def _busy(self, p: CgroupPath, name: str, where: str, value: str | None) -> CgroupError:
+        """EBUSY from cgroup.subtree_control or cgroup.procs: the no-internal-process rule."""
+        shown = "" if value is None else f" {value!r}"
+        if name == "cgroup.procs":
             return CgroupError(
                 f"cannot move process{shown} into cgroup {p}: it has controllers enabled for "
                 f"its children",
                 NO_INTERNAL_PROCESS_HINT,
             )
-        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        if value is not None and value.split() and all(t[0] == "-" for t in value.split()):
+            # Disabling is refused while a child still enables the controller below it.
             return CgroupError(
-                f"permission denied: {action} {where} ({err.strerror})", READONLY_HINT
+                f"cannot disable controllers{shown} in {where}: a child cgroup still "
+                f"enables them in its own cgroup.subtree_control",
+                "disable them in the children first (bottom-up), or remove the children",
             )
-        if code == errno.EINVAL and value is not None:
-            return CgroupError(
-                f"the kernel rejected{shown} for {where} (EINVAL)",
-                "memory files take bytes or 'max'; check the configured value",
-            )
-        if code == errno.ENOSPC and action == "mkdir":
-            return CgroupError(
-                f"cannot create cgroup {p}: a cgroup.max.descendants or cgroup.max.depth limit "
-                f"of an ancestor is reached",
-                "raise that limit in the ancestor, or use a shallower tree",
-            )
-        if code == errno.EOPNOTSUPP:
-            return CgroupError(
-                f"{action} {where}: not supported here ({err.strerror})",
-                "threaded cgroups and the root cgroup do not support every interface file",
-            )
-        return CgroupError(f"{action} {where} failed: {err.strerror or err}", None)
+        return CgroupError(
+            f"cannot enable controllers{shown} in {where}: cgroup {p} has processes "
+            f"({_pids_text(self._procs_quiet(p)) or 'none listed'})",
+            NO_INTERNAL_PROCESS_HINT,
+        )
 
     def _procs_quiet(self, p: CgroupPath) -> list[int]:
         """The pids of `p` for an error message; never raises."""
@@ -620,3 +610,29 @@ class CgroupFS:
                 f"not allowed to signal process {pid}: {err.strerror}",
                 "oomguard must run as the same user as its services, or as root",
             ) from err
+
+
+def _refused(
+    err: OSError, p: CgroupPath, where: str, action: str, value: str | None
+) -> CgroupError:
+    """The errors that do not depend on which interface file was used."""
+    code = err.errno
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CgroupError(f"permission denied: {action} {where} ({err.strerror})", READONLY_HINT)
+    if code == errno.EINVAL and value is not None:
+        return CgroupError(
+            f"the kernel rejected {value!r} for {where} (EINVAL)",
+            "memory files take bytes or 'max'; check the configured value",
+        )
+    if code == errno.ENOSPC and action == "mkdir":
+        return CgroupError(
+            f"cannot create cgroup {p}: a cgroup.max.descendants or cgroup.max.depth limit "
+            f"of an ancestor is reached",
+            "raise that limit in the ancestor, or use a shallower tree",
+        )
+    if code == errno.EOPNOTSUPP:
+        return CgroupError(
+            f"{action} {where}: not supported here ({err.strerror})",
+            "threaded cgroups and the root cgroup do not support every interface file",
+        )
+    return CgroupError(f"{action} {where} failed: {err.strerror or err}", None)

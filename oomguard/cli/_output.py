@@ -23,6 +23,10 @@ def jsonable(value: Any) -> Any:
         return jsonable(value.value)
     if isinstance(value, PurePath):
         return str(value)
+    return _jsonable_container(value)
+
+
+def _jsonable_container(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a NamedTuple record

@@ -197,12 +197,7 @@ def command(
     follow: bool, as_json: bool, since: str | None, state_dir: Path, service: str | None
 ) -> int:
     """Show (or follow) the supervisor's event log."""
-    cutoff: float | None = None
-    if since is not None:
-        try:
-            cutoff = time.time() - parse_duration(since)
-        except ValueError as err:
-            raise UsageError(f"--since: {err}", hint="use a duration like 30s, 5m or 2h") from err
+    cutoff = _cutoff(since)
     if not state_dir.is_dir():
         raise _no_dir_error(state_dir)
     _check_readable(state_dir)
@@ -220,7 +215,26 @@ def command(
         for event in read_events(state_dir, since=cutoff):
             show(event)
         return 0
+    _follow_log(state_dir, cutoff, wanted, show)
+    return 0
 
+
+def _cutoff(since: str | None) -> float | None:
+    """The wall-clock time --since stands for, or None without it."""
+    if since is None:
+        return None
+    try:
+        return time.time() - parse_duration(since)
+    except ValueError as err:
+        raise UsageError(f"--since: {err}", hint="use a duration like 30s, 5m or 2h") from err
+
+
+def _follow_log(
+    state_dir: Path,
+    cutoff: float | None,
+    wanted: Callable[[dict[str, Any]], bool],
+    show: Callable[[dict[str, Any]], None],
+) -> None:
     # Open the current file before reading history, so nothing appended in between is missed:
     # the follower returns the whole current file first, then only what is new.
     follower = EventFollower(state_dir, from_start=True)
@@ -247,4 +261,3 @@ def command(
         follower.close()
         if installed:
             signal.signal(signal.SIGTERM, previous)
-    return 0
