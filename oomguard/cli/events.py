@@ -35,7 +35,8 @@ from oomguard.observe.eventlog import (
     read_events,
 )
 from oomguard.observe.log import format_seconds, format_value, iso_utc
-from oomguard.observe.state import DEFAULT_STATE_DIR, read_state, state_writer_alive
+from oomguard.observe.state import read_state, state_writer_alive
+from oomguard.paths import STATE_DIR
 from oomguard.units import format_size, parse_duration
 
 if TYPE_CHECKING:
@@ -188,7 +189,7 @@ def _tail(events: Iterable[dict[str, Any]], n: int) -> Iterator[dict[str, Any]]:
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="OOMGUARD_STATE_DIR",
-    default=DEFAULT_STATE_DIR,
+    default=STATE_DIR,
     show_default=True,
     help="The supervisor's [oomguard] state_dir.",
 )

@@ -28,6 +28,9 @@ normally /run (tmpfs, where fsync is a no-op), and on a disk the file is worthle
 reboot anyway (its pid is dead), so paying milliseconds per state change for durability buys
 nothing. The one cost: after a power loss on a disk filesystem the file may be empty or old;
 `read_state` reports that as an error naming the file rather than trusting it.
+
+``version`` is the major format version; what a reader does with it is in observe/statefile.py,
+the one reader.
 """
 
 from __future__ import annotations
@@ -41,19 +44,46 @@ from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from oomguard.errors import OomguardError
 from oomguard.observe.statedir import StateDir, check_path
+from oomguard.observe.statefile import (
+    STATE_FILE,
+    STATE_VERSION,
+    StateFileError,
+    StateVersionError,
+    read_state,
+    start_ticks,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from oomguard.cgroup.path import CgroupPath
 
-#: Where state.json and events.jsonl live unless ``[oomguard] state_dir`` (or
-#: ``--state-dir`` / ``$OOMGUARD_STATE_DIR``) says otherwise.
-DEFAULT_STATE_DIR = Path("/run/oomguard")
-STATE_FILE = "state.json"
-STATE_VERSION = 1
-#: A state.json is a few KiB; reading more is a sign it is not ours.
-_READ_LIMIT = 16 << 20
+# The one reader of state.json is statefile.py (import-light, for `oomguard status`); it is
+# re-exported here beside the writer.
+__all__ = [
+    "STATE_FILE",
+    "STATE_VERSION",
+    "TREE_FILE",
+    "LastExit",
+    "ServiceState",
+    "StateDoc",
+    "StateFileError",
+    "StateVersionError",
+    "TreeLedger",
+    "ensure_state_dir",
+    "is_zombie",
+    "make_state",
+    "pid_alive",
+    "proc_start_ticks",
+    "read_state",
+    "remove_state",
+    "state_path",
+    "state_writer_alive",
+    "write_state",
+    "writer_alive",
+]
+
+
 #: The tree ownership ledger (fallback marker, see cgroup/tree.py).
 TREE_FILE = "tree.json"
 
@@ -147,17 +177,7 @@ class TreeLedger:
 
 def proc_start_ticks(pid: int, proc_root: Path = Path("/proc")) -> int | None:
     """Start time of `pid` in clock ticks since boot, or None if there is no such process."""
-    try:
-        stat = (proc_root / str(pid) / "stat").read_bytes()
-    except OSError:
-        return None
-    # comm (field 2) is in parentheses and may itself contain spaces and ")"; fields after the
-    # *last* ")" are fixed. starttime is field 22, i.e. index 19 counting from field 3.
-    fields = stat[stat.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
+    return start_ticks(pid, str(proc_root))
 
 
 # Eight arguments (PLR0913): keyword-only, one per field of the document, each named at the
@@ -208,53 +228,6 @@ def write_state(state_dir: Path | StateDir, data: Mapping[str, Any]) -> None:
         sd.write_atomic(STATE_FILE, text.encode("utf-8"), 0o644)
     finally:
         sd.close()
-
-
-def read_state(state_dir: Path) -> dict[str, Any] | None:
-    """The current state document, or None if there is none (no state dir or no state.json).
-
-    Raises `OomguardError` if the file exists but cannot be used: unreadable, not JSON (a power
-    loss on a disk filesystem, see module docstring), or a version this oomguard does not know.
-    """
-    path = state_path(state_dir)
-    try:
-        # O_NOFOLLOW: `oomguard status` may run as root; a planted link must not make it read
-        # (and quote) whatever the link names.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            text = f.read(_READ_LIMIT).decode("utf-8", "replace")
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        return None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise OomguardError(
-                f"{path} is a symlink; oomguard never reads or writes state through one",
-                hint="remove it, and check who could create it in the state_dir",
-            ) from err
-        if isinstance(err, PermissionError):
-            raise OomguardError(
-                f"cannot read {path}: permission denied",
-                hint="run as root or as the user oomguard runs as",
-            ) from err
-        raise OomguardError(f"cannot read {path}: {err.strerror or err}") from err
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise OomguardError(
-            f"{path} is not valid JSON ({err})",
-            hint="a running oomguard rewrites it on every change; if none is running, delete it",
-        ) from err
-    if not isinstance(data, dict):
-        raise OomguardError(f"{path} does not hold a JSON object", hint="delete it")
-    version = data.get("version")
-    if version != STATE_VERSION:
-        raise OomguardError(
-            f"{path} has format version {version!r}; this oomguard reads version {STATE_VERSION}",
-            hint="use the oomguard binary that matches the running supervisor",
-        )
-    return data
 
 
 def remove_state(state_dir: Path) -> None:

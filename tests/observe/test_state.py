@@ -14,6 +14,8 @@ import pytest
 from oomguard.errors import OomguardError
 from oomguard.observe.state import (
     STATE_FILE,
+    StateFileError,
+    StateVersionError,
     ensure_state_dir,
     make_state,
     pid_alive,
@@ -154,7 +156,15 @@ def test_invalid_json_is_an_error_naming_the_file(tmp_path: Path) -> None:
 
 def test_wrong_version_or_shape_is_an_error(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).write_text(json.dumps({"version": 2}))
-    with pytest.raises(OomguardError, match="version 2"):
+    with pytest.raises(StateVersionError, match="version 2, written by a newer oomguard") as new:
+        read_state(tmp_path)
+    assert new.value.exit_code == 2
+    (tmp_path / STATE_FILE).write_text(json.dumps({"version": 0}))
+    with pytest.raises(StateFileError, match="version 0; this oomguard reads version 1") as old:
+        read_state(tmp_path)
+    assert old.value.exit_code == 1
+    (tmp_path / STATE_FILE).write_text(json.dumps({"version": 1, "services": []}))
+    with pytest.raises(StateFileError, match="'services' is not an object"):
         read_state(tmp_path)
     (tmp_path / STATE_FILE).write_text("[1]")
     with pytest.raises(OomguardError, match="JSON object"):
