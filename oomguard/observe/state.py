@@ -43,47 +43,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from oomguard.errors import OomguardError
+from oomguard.observe import statefile
 from oomguard.observe.statedir import StateDir, check_path
-from oomguard.observe.statefile import (
-    STATE_FILE,
-    STATE_VERSION,
-    StateFileError,
-    StateVersionError,
-    read_state,
-    start_ticks,
-)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from oomguard.cgroup.path import CgroupPath
 
-# The one reader of state.json is statefile.py (import-light, for `oomguard status`); it is
-# re-exported here beside the writer.
-__all__ = [
-    "STATE_FILE",
-    "STATE_VERSION",
-    "TREE_FILE",
-    "LastExit",
-    "ServiceState",
-    "StateDoc",
-    "StateFileError",
-    "StateVersionError",
-    "TreeLedger",
-    "ensure_state_dir",
-    "is_zombie",
-    "make_state",
-    "pid_alive",
-    "proc_start_ticks",
-    "read_state",
-    "remove_state",
-    "state_path",
-    "state_writer_alive",
-    "write_state",
-    "writer_alive",
-]
-
-
+STATE_FILE = statefile.STATE_FILE
+STATE_VERSION = statefile.STATE_VERSION
 #: The tree ownership ledger (fallback marker, see cgroup/tree.py).
 TREE_FILE = "tree.json"
 
@@ -177,7 +146,17 @@ class TreeLedger:
 
 def proc_start_ticks(pid: int, proc_root: Path = Path("/proc")) -> int | None:
     """Start time of `pid` in clock ticks since boot, or None if there is no such process."""
-    return start_ticks(pid, str(proc_root))
+    try:
+        stat = (proc_root / str(pid) / "stat").read_bytes()
+    except OSError:
+        return None
+    # comm (field 2) is in parentheses and may itself contain spaces and ")"; fields after the
+    # *last* ")" are fixed. starttime is field 22, i.e. index 19 counting from field 3.
+    fields = stat[stat.rfind(b")") + 2 :].split()
+    try:
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
 
 
 # Eight arguments (PLR0913): keyword-only, one per field of the document, each named at the
@@ -228,6 +207,12 @@ def write_state(state_dir: Path | StateDir, data: Mapping[str, Any]) -> None:
         sd.write_atomic(STATE_FILE, text.encode("utf-8"), 0o644)
     finally:
         sd.close()
+
+
+def read_state(state_dir: Path) -> dict[str, Any] | None:
+    """The current state document, or None if there is none; raises `StateFileError` or
+    `StateVersionError` (observe/statefile.py, the one reader of state.json)."""
+    return statefile.read_state(state_dir)
 
 
 def remove_state(state_dir: Path) -> None:

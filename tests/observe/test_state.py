@@ -14,8 +14,6 @@ import pytest
 from oomguard.errors import OomguardError
 from oomguard.observe.state import (
     STATE_FILE,
-    StateFileError,
-    StateVersionError,
     ensure_state_dir,
     make_state,
     pid_alive,
@@ -26,6 +24,7 @@ from oomguard.observe.state import (
     write_state,
     writer_alive,
 )
+from oomguard.observe.statefile import StateFileError, StateVersionError
 
 if TYPE_CHECKING:
     from oomguard.observe.state import ServiceState
