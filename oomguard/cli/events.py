@@ -45,7 +45,8 @@ if TYPE_CHECKING:
 
 #: With --follow and no --since, show this many past events first (like ``tail -f``).
 FOLLOW_BACKLOG = 10
-_HEAD_KEYS = ("ts", "kind", "service", "slice")
+#: Printed first (or not at all: ``slice`` is ``cgroup``'s old name, see observe/eventlog.py).
+_HEAD_KEYS = ("ts", "kind", "service", "cgroup", "slice")
 
 
 def format_detail(key: str, value: object) -> str:
@@ -61,14 +62,16 @@ def format_detail(key: str, value: object) -> str:
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """``2026-11-25T22:31:02Z  backup   oom_kill  slice=/oomguard/sidecars/backup delta=1 ...``"""
+    """``2026-11-25T22:31:02Z  backup   oom_kill  cgroup=/oomguard/sidecars/backup delta=1 ...``"""
     ts = event.get("ts")
     when = iso_utc(float(ts), millis=False) if isinstance(ts, int | float) else "?"
     service = event.get("service") or "-"
     kind = event.get("kind") or "?"
     details: list[str] = []
-    if event.get("slice"):
-        details.append(f"slice={format_value(event['slice'])}")
+    # An event log written before the field was renamed has only "slice".
+    cgroup = event.get("cgroup") or event.get("slice")
+    if cgroup:
+        details.append(f"cgroup={format_value(cgroup)}")
     details.extend(
         f"{key}={format_detail(key, value)}"
         for key, value in event.items()

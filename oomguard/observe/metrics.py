@@ -121,7 +121,8 @@ class SnapshotLike(Protocol):
 
 @dataclass(frozen=True)
 class _SliceRow:
-    slice: str
+    #: The cgroup's path under the mount (any cgroup of the tree, not only a [slice.X] budget).
+    cgroup: str
     #: False when the memory controller is off for this cgroup: then no memory figure is known
     #: (a None limit would otherwise read as "max") and none is exported.
     memory: bool
@@ -170,7 +171,7 @@ def _slice_row(s: SliceLike) -> _SliceRow:
     pressure = s.pressure
     full = pressure.full if pressure is not None else None
     return _SliceRow(
-        slice=str(s.path),
+        cgroup=str(s.path),
         memory=bool(s.memory),
         current=None if s.current is None else float(s.current),
         peak=None if s.peak is None else float(s.peak),
@@ -257,25 +258,33 @@ def _run_families(pub: _Published) -> Iterator[Any]:
     yield degraded
 
 
+#: The labels of a per-cgroup series. "cgroup" is the cgroup's path under the mount; "slice" is
+#: that label's old name (the same value), kept for one release so that dashboards and alerts
+#: written against it keep working, then removed: "slice" is a config budget, and these series
+#: cover every cgroup of the tree (docs/metrics.md).
+_CGROUP_LABELS = ("cgroup", "slice")
+
+
 def _slice_families(pub: _Published) -> Iterator[Any]:
-    current = _gauge("oomguard_memory_current_bytes", "memory.current", ["slice"])
-    peak = _gauge("oomguard_memory_peak_bytes", "memory.peak (kernel 5.19+)", ["slice"])
-    high = _gauge("oomguard_memory_high_bytes", "memory.high; +Inf = max", ["slice"])
-    limit = _gauge("oomguard_memory_max_bytes", "memory.max; +Inf = max", ["slice"])
+    per_cgroup = list(_CGROUP_LABELS)
+    current = _gauge("oomguard_memory_current_bytes", "memory.current", per_cgroup)
+    peak = _gauge("oomguard_memory_peak_bytes", "memory.peak (kernel 5.19+)", per_cgroup)
+    high = _gauge("oomguard_memory_high_bytes", "memory.high; +Inf = max", per_cgroup)
+    limit = _gauge("oomguard_memory_max_bytes", "memory.max; +Inf = max", per_cgroup)
     events = _counter(
         "oomguard_memory_events",
         "memory.events (hierarchical: includes descendants)",
-        ["slice", "event"],
+        [*per_cgroup, "event"],
     )
     events_local = _counter(
         "oomguard_memory_events_local",
         "memory.events.local (this cgroup only)",
-        ["slice", "event"],
+        [*per_cgroup, "event"],
     )
-    some = _gauge("oomguard_pressure_some_avg10", "memory.pressure some avg10, %", ["slice"])
-    full = _gauge("oomguard_pressure_full_avg10", "memory.pressure full avg10, %", ["slice"])
+    some = _gauge("oomguard_pressure_some_avg10", "memory.pressure some avg10, %", per_cgroup)
+    full = _gauge("oomguard_pressure_full_avg10", "memory.pressure full avg10, %", per_cgroup)
     for row in pub.slices:
-        lv = [row.slice]
+        lv = [row.cgroup, row.cgroup]
         if row.some_avg10 is not None:
             some.add_metric(lv, row.some_avg10)
         if row.full_avg10 is not None:
@@ -289,9 +298,9 @@ def _slice_families(pub: _Published) -> Iterator[Any]:
         high.add_metric(lv, row.high)
         limit.add_metric(lv, row.max)
         for event, count in row.events:
-            events.add_metric([row.slice, event], float(count))
+            events.add_metric([*lv, event], float(count))
         for event, count in row.events_local:
-            events_local.add_metric([row.slice, event], float(count))
+            events_local.add_metric([*lv, event], float(count))
     yield from (current, peak, high, limit, events, events_local, some, full)
 
 
