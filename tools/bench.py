@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
 """oomguard benchmarks (`make bench`). Each section measures one thing and prints its figures.
 
-    python3 tools/bench.py                    # every section
-    python3 tools/bench.py --only status      # one (or a comma list)
-    python3 tools/bench.py --only status --vm # the same, inside the QEMU guest on a real tree
+    python3 -m tools.bench                    # every section (from the repository root)
+    python3 -m tools.bench --only status      # one (or a comma list)
+    python3 -m tools.bench --only status --vm # the same, inside the QEMU guest on a real tree
 
 Sections register with `@section("name")`; a section is a function taking the parsed args and
 returning an exit status (0 = figures printed and the goal met or merely reported). Add new ones
@@ -221,7 +221,6 @@ def _cg_write(path: Path, value: str) -> None:
 def real_tree() -> Iterator[tuple[str, str]]:
     """(mount, root) of a real slice tree under the cgroup2 mount, with a sleeping process in
     every leaf; killed and removed afterwards. Needs root and the memory controller."""
-    sys.path.insert(0, str(REPO))
     from oomguard.cgroup.discover import find_cgroup2_mount
 
     found = find_cgroup2_mount()
@@ -368,7 +367,8 @@ def _in_vm(args: argparse.Namespace, name: str) -> int:
         str(args.vm_timeout),
         "--",
         sys.executable,
-        str(REPO / "tools" / "bench.py"),
+        "-m",
+        "tools.bench",
         "--only",
         name,
         "--runs",
@@ -385,8 +385,7 @@ def _in_vm(args: argparse.Namespace, name: str) -> int:
 @section("supervisor")
 def bench_supervisor(args: argparse.Namespace) -> int:
     """Issues 3/4 on a real kernel: OOM reaction, RSS, idle wake-ups, eviction vs OOM."""
-    sys.path.insert(0, str(REPO / "tools"))
-    import bench_supervisor
+    from tools import bench_supervisor
 
     return int(bench_supervisor.run([]))
 
@@ -397,8 +396,7 @@ def bench_postgres(args: argparse.Namespace) -> int:
     if not (REPO / "tools" / "bench_postgres.py").exists():
         print("== postgres: tools/bench_postgres.py is missing; section skipped", flush=True)
         return 1
-    sys.path.insert(0, str(REPO / "tools"))
-    import bench_postgres
+    from tools import bench_postgres
 
     return int(bench_postgres.run([]))
 
@@ -406,8 +404,7 @@ def bench_postgres(args: argparse.Namespace) -> int:
 @section("matrix")
 def bench_matrix(args: argparse.Namespace) -> int:
     """Issue 8: the scenario matrix (budget shape x leak rate x leak shape x swap)."""
-    sys.path.insert(0, str(REPO / "tools"))
-    import bench_matrix
+    from tools import bench_matrix
 
     return int(bench_matrix.run([]))
 
@@ -415,8 +412,7 @@ def bench_matrix(args: argparse.Namespace) -> int:
 @section("seed")
 def bench_seed(args: argparse.Namespace) -> int:
     """Issue 8: the seed's case, PostgreSQL with no limit: plain kernel, earlyoom, oomguard."""
-    sys.path.insert(0, str(REPO / "tools"))
-    import bench_matrix
+    from tools import bench_matrix
 
     return int(bench_matrix.run_seed([]))
 
@@ -425,8 +421,7 @@ def bench_seed(args: argparse.Namespace) -> int:
 def bench_throughput(args: argparse.Namespace) -> int:
     """Issue 8: PostgreSQL throughput without a storm, plain container vs the shipped example
     (and the example with limits on the primary), alternating rounds."""
-    sys.path.insert(0, str(REPO / "tools"))
-    import bench_postgres
+    from tools import bench_postgres
 
     return int(bench_postgres.run(["--throughput"]))
 
@@ -453,4 +448,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if not __package__:
+        # The sections import `tools` and `tests` as packages (no sys.path edits): run as a
+        # module, from the repository root.
+        sys.exit("bench: run it from the repository root as: python3 -m tools.bench [--only ...]")
     sys.exit(main())
