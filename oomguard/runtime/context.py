@@ -7,18 +7,18 @@ log, `emit`, a few actions (evict, release, a controlled restart of the primary,
 never holds the supervisor, so it can be driven on the host by a fake context with a fake
 clock (tests/runtime/test_pressure_response.py).
 
-The views are plain frozen dataclasses. Their static part (limits, thresholds, where a service
-lives) is built once from the configuration (`build_views`); the live part (state, pid) is
-filled in on each `service()` call, so a view never goes stale behind the extension's back.
+The views are plain frozen dataclasses around the compiled plan's specs (`oomguard.plan`:
+limits, thresholds, where a service lives) and the cgroups the tree builder made
+(`build_views`); the live part (state, pid) is filled in on each `service()` call, so a view
+never goes stale behind the extension's back.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from oomguard.policy import pressure as pp
 from oomguard.policy import restart as rp
 from oomguard.proc import meminfo as read_meminfo
 
@@ -27,60 +27,87 @@ if TYPE_CHECKING:
 
     from oomguard.cgroup.fs import CgroupFS
     from oomguard.cgroup.path import CgroupPath
-    from oomguard.config.model import Config, PressureConfig
     from oomguard.events.loop import Handler
     from oomguard.observe.log import Logger
+    from oomguard.plan import BudgetSpec, Plan, PressureSpec, ServiceSpec
+    from oomguard.policy.pressure import Mode
     from oomguard.runtime.supervisor import Service, Supervisor
-
-Mode = Literal["enforce", "observe"]
-
-
-@dataclass(frozen=True)
-class PressureSpec:
-    """The effective pressure settings of a slice or service (``[oomguard.pressure]`` with the
-    enclosing slices' overrides applied): the policy's thresholds and the PSI trigger to arm
-    (``kind``, ``stall`` and ``window`` in seconds)."""
-
-    thresholds: pp.Thresholds
-    psi_kind: Literal["some", "full"] = "some"
-    psi_stall: float = 0.15
-    psi_window: float = 2.0
 
 
 @dataclass(frozen=True)
 class SliceView:
-    """A ``[slice]``: where it is, its configured limits, its pressure settings, and the
-    ``[slice]``s it lies in, outermost first, itself last."""
+    """A ``[slice]``: its compiled spec (limits, members, pressure settings) and its cgroup."""
 
-    name: str
+    spec: BudgetSpec
     cgroup: CgroupPath
-    memory_max: int | None
-    memory_high: int | None
-    pressure: PressureSpec
-    chain: tuple[str, ...]
-    #: The services inside it (at any depth), in file order.
-    members: tuple[str, ...] = ()
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def memory_max(self) -> int | None:
+        return self.spec.memory_max
+
+    @property
+    def memory_high(self) -> int | None:
+        return self.spec.memory_high
+
+    @property
+    def pressure(self) -> PressureSpec:
+        return self.spec.pressure
+
+    @property
+    def members(self) -> tuple[str, ...]:
+        """The services inside it (at any depth), in file order."""
+        return self.spec.members
 
 
 @dataclass(frozen=True)
 class ServiceView:
-    """A service, read-only: its settings and, as of the `Context.service` call, its state."""
+    """A service, read-only: its compiled spec, its cgroup and, as of the `Context.service`
+    call, its state."""
 
-    name: str
+    spec: ServiceSpec
     cgroup: CgroupPath
-    is_primary: bool
-    criticality: int
-    evictable: bool
-    #: The ``[slice]``s it lies in, outermost first.
-    slices: tuple[str, ...]
-    memory_high: int | None
-    #: The primary's watermark (a controlled restart above it); None for a sidecar.
-    watermark: int | None
-    pressure: PressureSpec
     state: rp.State = rp.State.STOPPED
     stop_reason: str | None = None
     #: The main process, while there is one.
     pid: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    @property
+    def is_primary(self) -> bool:
+        return self.spec.is_primary
+
+    @property
+    def criticality(self) -> int:
+        return self.spec.criticality
+
+    @property
+    def evictable(self) -> bool:
+        return self.spec.evictable
+
+    @property
+    def slices(self) -> tuple[str, ...]:
+        """The ``[slice]``s it lies in, outermost first."""
+        return self.spec.slices
+
+    @property
+    def memory_high(self) -> int | None:
+        return self.spec.limits.high
+
+    @property
+    def watermark(self) -> int | None:
+        """The primary's watermark (a controlled restart above it); None for a sidecar."""
+        return self.spec.watermark
+
+    @property
+    def pressure(self) -> PressureSpec:
+        return self.spec.pressure
 
     @property
     def running(self) -> bool:
@@ -183,61 +210,19 @@ class Extension(Protocol):
         """Release fds. Called exactly once, also on error paths."""
 
 
-# -- built from the configuration --------------------------------------------------------------
-
-
-def pressure_spec(cfg: PressureConfig) -> PressureSpec:
-    trig = cfg.psi_trigger
-    return PressureSpec(
-        thresholds=pp.Thresholds(
-            headroom_min=cfg.headroom_min,
-            psi_some_avg10=cfg.psi_some_avg10,
-            hysteresis=cfg.hysteresis,
-            cooldown=cfg.cooldown,
-            sample_interval=cfg.sample_interval,
-        ),
-        psi_kind=trig.kind,
-        psi_stall=trig.stall,
-        psi_window=trig.window,
-    )
+# -- built from the plan -----------------------------------------------------------------------
 
 
 def build_views(
-    cfg: Config,
-    services: Mapping[str, tuple[CgroupPath, int]],
-    slice_paths: Mapping[str, CgroupPath],
+    plan: Plan, cgroups: Mapping[str, CgroupPath], slice_paths: Mapping[str, CgroupPath]
 ) -> tuple[dict[str, ServiceView], dict[str, SliceView]]:
-    """The static views of `services` (name -> its cgroup and the supervisor's criticality,
-    100 for the primary; in start order) and of the ``[slice]``s in `slice_paths` (none when
-    degraded: there is no slice tree)."""
-    views = {}
-    for name, (cgroup, criticality) in services.items():
-        scfg = cfg.service[name]
-        views[name] = ServiceView(
-            name=name,
-            cgroup=cgroup,
-            is_primary=scfg.is_primary,
-            criticality=criticality,
-            evictable=scfg.evictable,
-            slices=tuple(cfg.slice_chain(name)),
-            memory_high=scfg.memory_high,
-            watermark=scfg.watermark if scfg.is_primary else None,
-            pressure=pressure_spec(cfg.pressure_for(name)),
-        )
+    """The views of the plan's services that have a cgroup in `cgroups` (in start order), and
+    of its ``[slice]``s that have one in `slice_paths` (none when degraded: no slice tree)."""
+    services = {s.name: ServiceView(s, cgroups[s.name]) for s in plan.services if s.name in cgroups}
     slices = {
-        name: SliceView(
-            name=name,
-            cgroup=slice_paths[name],
-            memory_max=scc.memory_max,
-            memory_high=scc.memory_high,
-            pressure=pressure_spec(cfg.pressure_for(name)),
-            chain=tuple(cfg.slice_chain(name)),
-            members=tuple(s for s in cfg.service if name in cfg.slice_chain(s) and s in services),
-        )
-        for name, scc in cfg.slice.items()
-        if name in slice_paths
+        b.name: SliceView(b, slice_paths[b.name]) for b in plan.slices if b.name in slice_paths
     }
-    return views, slices
+    return services, slices
 
 
 # -- the supervisor's context ------------------------------------------------------------------
@@ -246,14 +231,14 @@ def build_views(
 class SupervisorContext:
     """`Context` over a running `Supervisor`: the one place that knows its attributes."""
 
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Supervisor, plan: Plan) -> None:
         self._sup = sup
+        self._plan = plan
         self.fs = sup.fs
         self.log = sup.log
-        services = {n: (svc.cgroup, svc.criticality) for n, svc in sup.services.items()}
+        cgroups = {name: svc.cgroup for name, svc in sup.services.items()}
         paths = sup.built.paths if sup.built is not None else {}
-        self._services, self._slices = build_views(sup.config, services, paths)
-        self._tree_pressure = pressure_spec(sup.config.oomguard.pressure)
+        self._services, self._slices = build_views(plan, cgroups, paths)
 
     @property
     def now(self) -> float:
@@ -261,7 +246,7 @@ class SupervisorContext:
 
     @property
     def mode(self) -> Mode:
-        return self._sup.config.oomguard.mode
+        return self._plan.mode
 
     @property
     def primary(self) -> str:
@@ -282,7 +267,7 @@ class SupervisorContext:
 
     @property
     def tree_pressure(self) -> PressureSpec:
-        return self._tree_pressure
+        return self._plan.pressure
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._sup.services)

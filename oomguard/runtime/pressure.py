@@ -51,7 +51,8 @@ from oomguard.units import format_size
 if TYPE_CHECKING:
     from oomguard.cgroup.parse import Pressure
     from oomguard.cgroup.path import CgroupPath
-    from oomguard.runtime.context import Context, PressureSpec
+    from oomguard.plan import PressureSpec
+    from oomguard.runtime.context import Context
 
 __all__ = ["PRIMARY_BUDGET", "TREE_BUDGET", "Budget", "PressureResponse", "sidecar_groups"]
 
@@ -200,11 +201,12 @@ class PressureResponse:
         ctx = self.ctx
         self.budgets[budget.name] = budget
         try:
+            trig = psi.psi_trigger
             budget.trigger = PsiWatch(
                 ctx.fs.file_path(budget.cgroup, "memory.pressure"),
-                psi.psi_kind,
-                psi.psi_stall,
-                psi.psi_window,
+                trig.kind,
+                trig.stall,
+                trig.window,
             )
         except OomguardError as err:
             # PSI may be off (psi=0 on the kernel command line) or need privileges for short

@@ -259,7 +259,9 @@ class Supervisor:
 
     def _setup_extensions(self) -> None:
         """Extensions see the supervisor only through the narrow context (runtime/context)."""
-        ctx = SupervisorContext(self)
+        from oomguard.config.compile import compile_plan
+
+        ctx = SupervisorContext(self, compile_plan(self.config))
         for ext in self.extensions:
             ext.setup(ctx)
 

@@ -15,6 +15,7 @@ import pytest
 from oomguard.cgroup.fs import CgroupFS
 from oomguard.cgroup.path import CgroupPath
 from oomguard.cli import status
+from oomguard.config.compile import compile_plan
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
 from oomguard.runtime.context import SupervisorContext
@@ -110,7 +111,8 @@ def test_metrics_publish_the_services_without_a_tree(sup: Supervisor) -> None:
     ext = MetricsExtension("127.0.0.1:0")
     published = _Published()
     # setup() would start the HTTP server; the publication is what is under test.
-    ext.ctx, ext.metrics = SupervisorContext(sup), published  # type: ignore[assignment]
+    ctx = SupervisorContext(sup, compile_plan(sup.config))
+    ext.ctx, ext.metrics = ctx, published  # type: ignore[assignment]
     ext.after_turn()
     # Before, the extension returned early without a tree: no service series ever.
     assert len(published.calls) == 1

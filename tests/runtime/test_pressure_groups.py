@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from oomguard.cgroup.path import CgroupPath
+from oomguard.config.compile import compile_plan
 from oomguard.config.model import Config
 from oomguard.runtime.context import ServiceView, build_views
 from oomguard.runtime.pressure import sidecar_groups
@@ -21,8 +22,8 @@ def config(services: dict[str, dict[str, Any]], slices: dict[str, Any] | None = 
 
 def views(cfg: Config) -> list[ServiceView]:
     """The services as the pressure response sees them (runtime/context.py)."""
-    where = {name: (CgroupPath.parse(f"/og/{name}"), 50) for name in cfg.service}
-    return list(build_views(cfg, where, {})[0].values())
+    where = {name: CgroupPath.parse(f"/og/{name}") for name in cfg.service}
+    return list(build_views(compile_plan(cfg), where, {})[0].values())
 
 
 def ancestors_of_primary(cfg: Config) -> set[str]:

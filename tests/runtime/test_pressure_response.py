@@ -19,18 +19,12 @@ import pytest
 
 from oomguard.cgroup import tree as treemod
 from oomguard.cgroup.path import CgroupPath
+from oomguard.config.compile import compile_plan
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
 from oomguard.policy import restart as rp
 from oomguard.runtime import pressure as pressure_mod
-from oomguard.runtime.context import (
-    Mode,
-    PressureSpec,
-    ServiceView,
-    SliceView,
-    build_views,
-    pressure_spec,
-)
+from oomguard.runtime.context import ServiceView, SliceView, build_views
 from oomguard.runtime.pressure import PRIMARY_BUDGET, TREE_BUDGET, PressureResponse
 from tests.cgroup.fakefs import FakeCgroupFS
 
@@ -39,6 +33,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from oomguard.events.loop import Handler
+    from oomguard.plan import PressureSpec
+    from oomguard.policy.pressure import Mode
 
 M = 1 << 20
 P = CgroupPath.parse
@@ -61,22 +57,19 @@ class FakeContext:
     policy would), fds are handed to `readers` instead of an epoll loop."""
 
     def __init__(self, cfg: Config, fs: FakeCgroupFS, built: treemod.BuiltTree) -> None:
+        plan = compile_plan(cfg)
         self.fs = fs
         self.out = io.StringIO()
         self.log = Logger(self.out)
         self.now = 1000.0
-        self.mode: Mode = cfg.oomguard.mode
-        self.primary = cfg.primary_name
+        self.mode: Mode = plan.mode
+        self.primary = plan.primary
         self.root: CgroupPath | None = built.root
         self.stopping = False
         self.changed = False
-        self.tree_pressure: PressureSpec = pressure_spec(cfg.oomguard.pressure)
-        order = cfg.start_order()
-        where = {
-            n: (built.paths[n], 100 if cfg.service[n].is_primary else cfg.service[n].criticality)
-            for n in order
-        }
-        views, self._slices = build_views(cfg, where, built.paths)
+        self.tree_pressure: PressureSpec = plan.pressure
+        cgroups = {name: built.paths[name] for name in plan.names()}
+        views, self._slices = build_views(plan, cgroups, built.paths)
         # Every service up and running, each with a made-up pid.
         self.views = {
             n: dataclasses.replace(v, state=rp.State.RUNNING, pid=4000 + i)

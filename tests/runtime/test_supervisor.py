@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from oomguard.cgroup.path import CgroupPath
+from oomguard.config.compile import compile_plan
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
 from oomguard.policy import restart as rp
@@ -289,7 +290,7 @@ def test_the_loop_calls_each_source_s_own_handler(
 
 
 def test_extensions_see_the_supervisor_through_the_narrow_context(sup: Supervisor) -> None:
-    ctx = SupervisorContext(sup)
+    ctx = SupervisorContext(sup, compile_plan(sup.config))
     assert ctx.root == ROOT and ctx.primary == "db" and ctx.mode == "enforce"
     assert ctx.names() == tuple(sup.services)
     lo = ctx.service("lo")
