@@ -45,8 +45,9 @@ lint:
 	$(PY) -m ruff format --check oomguard tests tools
 	$(PY) -m mypy --strict oomguard
 
+## tools/ is a package: the benches import it and tests.kernel's helpers as packages.
 bench:
-	$(PY) tools/bench.py
+	$(PY) -m tools.bench
 
 demo:
 	$(PY) tools/demo.py

@@ -15,6 +15,7 @@ sends the user from one error to the next. So this reads:
 from __future__ import annotations
 
 import ast
+import importlib
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING
 import click
 import pytest
 
-from oomguard.cli.app import COMMANDS, cli
+from oomguard.cli.app import COMMANDS, SELF_PARSING, cli
 from oomguard.config.model import (
     Config,
     OomguardSection,
@@ -127,6 +128,10 @@ def flags_by_command() -> dict[str, set[str]]:
     ctx = click.Context(cli)
     out: dict[str, set[str]] = {}
     for name in COMMANDS:
+        if name in SELF_PARSING:  # parses its own arguments: the module's OPTIONS table
+            module = importlib.import_module(COMMANDS[name][0])
+            out[name] = {o.flag for o in module.OPTIONS} | {"--help"}
+            continue
         command = cli.get_command(ctx, name)
         assert command is not None
         out[name] = _options(command) | {"--help"}

@@ -2,8 +2,8 @@
 """The scenario matrix of issue 8 on a real kernel: does oomguard act before the kernel OOM
 killer, whatever shape the memory budget has, without ever throttling or killing the primary?
 
-    python3 tools/bench_matrix.py                       # the whole matrix (in the QEMU guest)
-    python3 tools/bench_matrix.py --shapes tree,nolimit --rates 5,20 --leaks one --swap off
+    python3 -m tools.bench_matrix                       # the whole matrix (in the QEMU guest)
+    python3 -m tools.bench_matrix --shapes tree,nolimit --rates 5,20 --leaks one --swap off
 
 Dimensions (by default a plan of 32 cells, see DEFAULT_PLAN; `--full` for all 64 combinations
 of the ones selected); the cells themselves, and what each
@@ -16,7 +16,7 @@ swap    off, or on: a 512 MiB zram device (the guest's root is an overlay on tmp
         file cannot live: swapon refuses tmpfs). The leak writes incompressible pages, so zram
         really costs RAM.
 
-`seed` (python3 tools/bench_matrix.py seed) runs the seed's case instead: PostgreSQL with no limit
+`seed` (python3 -m tools.bench_matrix seed) runs the seed's case instead: PostgreSQL with no limit
 configured, a sidecar that storms then leaks, under the plain kernel, earlyoom and oomguard in one
 guest boot (tests/kernel/seed.py). systemd-oomd is not among them: it needs systemd as init, and
 the guest's init is busybox.
@@ -41,21 +41,17 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parent.parent
-for _p in (REPO, REPO / "tools"):
-    if str(_p) not in sys.path:
-        sys.path.insert(0, str(_p))
-
-# The supervisor bench's scratch-cgroup placement and the real-kernel tests' helpers.
-from bench_supervisor import place  # noqa: E402
-
-from tests.kernel.matrix import LEAKS, RATES, SHAPES, SWAPS, Cell, meminfo, run_cell  # noqa: E402
-from tests.kernel.pressure_support import start_named  # noqa: E402
-from tests.kernel.support import MiB, Oomguard  # noqa: E402
+# The real-kernel tests' helpers and the supervisor bench's scratch-cgroup placement.
+from tests.kernel.matrix import LEAKS, RATES, SHAPES, SWAPS, Cell, meminfo, run_cell
+from tests.kernel.pressure_support import start_named
+from tests.kernel.support import MiB, Oomguard
+from tools import bench_supervisor
+from tools.bench_supervisor import place
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+REPO = Path(__file__).resolve().parent.parent
 GUEST_MEM = "1200M"
 ZRAM_SIZE = "512M"
 #: The default plan, so that `make bench` stays well under an hour under TCG (~70 s a cell):
@@ -170,28 +166,24 @@ def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     todo = cells(args)
     given = list(sys.argv[1:] if argv is None else argv)
-    own = [sys.executable, str(Path(__file__).resolve()), *[a for a in given if a != "--inside"]]
-    if not args.inside:
-        sys.path.insert(0, str(REPO / "tools"))
-        import bench_supervisor
-
-        if not bench_supervisor._native_ok():
-            cmd = [
-                sys.executable,
-                str(REPO / "tools" / "vmrun.py"),
-                "--mem",
-                GUEST_MEM,
-                "--timeout",
-                str(args.vm_timeout),
-                "--",
-                *own,
-                "--inside",
-            ]
-            print(f"bench_matrix: in the QEMU guest:\n  {shlex.join(cmd)}", flush=True)
-            t0 = time.monotonic()
-            rc = subprocess.run(cmd, cwd=REPO, check=False).returncode
-            print(f"bench_matrix: {len(todo)} cells in {time.monotonic() - t0:.0f} s wall (host)")
-            return rc
+    own = [sys.executable, "-m", "tools.bench_matrix", *[a for a in given if a != "--inside"]]
+    if not args.inside and not bench_supervisor._native_ok():
+        cmd = [
+            sys.executable,
+            str(REPO / "tools" / "vmrun.py"),
+            "--mem",
+            GUEST_MEM,
+            "--timeout",
+            str(args.vm_timeout),
+            "--",
+            *own,
+            "--inside",
+        ]
+        print(f"bench_matrix: in the QEMU guest:\n  {shlex.join(cmd)}", flush=True)
+        t0 = time.monotonic()
+        rc = subprocess.run(cmd, cwd=REPO, check=False).returncode
+        print(f"bench_matrix: {len(todo)} cells in {time.monotonic() - t0:.0f} s wall (host)")
+        return rc
     args.out.parent.mkdir(parents=True, exist_ok=True)
     load = Path("/proc/loadavg").read_text().split()[:3]
     print(
@@ -262,19 +254,16 @@ def run_seed(argv: Sequence[str] | None = None) -> int:
     if any(x not in seed.LAYOUTS for x in layouts):
         raise SystemExit(f"bench_matrix seed: layouts are {', '.join(seed.LAYOUTS)}")
     given = list(sys.argv[1:] if argv is None else argv)
-    own = [sys.executable, str(Path(__file__).resolve()), "seed", *given]
+    own = [sys.executable, "-m", "tools.bench_matrix", "seed", *given]
     own = [a for a in own if a != "--inside"]
-    if not args.inside:
-        import bench_supervisor
-
-        if not bench_supervisor._native_ok():
-            cmd = [sys.executable, str(REPO / "tools" / "vmrun.py"), "--mem", GUEST_MEM,
-                   "--timeout", str(args.vm_timeout), "--", *own, "--inside"]  # fmt: skip
-            print(f"bench_matrix seed: in the QEMU guest:\n  {shlex.join(cmd)}", flush=True)
-            t0 = time.monotonic()
-            rc = subprocess.run(cmd, cwd=REPO, check=False).returncode
-            print(f"bench_matrix seed: {time.monotonic() - t0:.0f} s wall (host)")
-            return rc
+    if not args.inside and not bench_supervisor._native_ok():
+        cmd = [sys.executable, str(REPO / "tools" / "vmrun.py"), "--mem", GUEST_MEM,
+               "--timeout", str(args.vm_timeout), "--", *own, "--inside"]  # fmt: skip
+        print(f"bench_matrix seed: in the QEMU guest:\n  {shlex.join(cmd)}", flush=True)
+        t0 = time.monotonic()
+        rc = subprocess.run(cmd, cwd=REPO, check=False).returncode
+        print(f"bench_matrix seed: {time.monotonic() - t0:.0f} s wall (host)")
+        return rc
     missing = [m for m in missing_tools() if not m.startswith(("pgbouncer", "stress-ng"))]
     if missing:
         print(f"bench_matrix seed: SKIPPED: missing {', '.join(missing)}", flush=True)

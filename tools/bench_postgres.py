@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""PostgreSQL benchmark (`tools/bench.py --only postgres`, or run this file): the same database,
-load and sidecar storms in two layouts, N storms each, on a real cgroup v2 kernel.
+"""PostgreSQL benchmark (`python3 -m tools.bench --only postgres`, or `python3 -m
+tools.bench_postgres`): the same database, load and sidecar storms in two layouts, N storms
+each, on a real cgroup v2 kernel.
 
   A  a plain "container": PostgreSQL, pgbouncer and the backup job in ONE cgroup with
      memory.max 1G, every process at oom_score_adj 0 (nothing adjusted);
@@ -33,8 +34,8 @@ recoveries = storms after which the backup job ran again within 60 s; storms sto
 ended them: oomguard's evictions, and the OOM killer's victims by process name (from the kernel
 log; "postgres" is any PostgreSQL process, "python3" a storm process).
 
-The throughput section (`--throughput`, `tools/bench.py --only throughput`) has no storm: the
-same database (pgbench_accounts prewarmed in shared_buffers), pgbench -c 4 flat out for
+The throughput section (`--throughput`, `python3 -m tools.bench --only throughput`) has no
+storm: the same database (pgbench_accounts prewarmed in shared_buffers), pgbench -c 4 flat out for
 `--seconds`, in rounds that run every `--variants` layout once each, alternating the order:
 the plain container, the shipped example, and the example with limits on the primary (to price
 each limit). It prints tps per round, the mean, the ratio to the plain container, the `high`
@@ -60,11 +61,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-from tests.kernel.pg import (  # noqa: E402  (after the sys.path line above)
+from tests.kernel.pg import (
     BOUNCER_PORT,
     PG_PORT,
     Cluster,
@@ -78,6 +75,8 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from tests.kernel.support import Oomguard
+
+REPO = Path(__file__).resolve().parent.parent
 
 TOTAL = "1G"
 TOTAL_BYTES = 1 << 30
@@ -106,11 +105,8 @@ def native_mount() -> Path | None:
     """The cgroup2 mount if we may create cgroups with memory limits at its root (as root)."""
     if os.geteuid() != 0:
         return None
-    sys.path.insert(0, str(REPO / "tools"))
-    try:
-        import ktest
-    finally:
-        sys.path.pop(0)
+    from tools import ktest
+
     plan, _ = ktest.native_plan()
     if plan is None or plan.leaf is not None:
         return None
@@ -923,7 +919,7 @@ def run(argv: Sequence[str]) -> int:
     for shape in args.shapes.split(","):
         if shape not in SHAPES:
             ap.error(f"unknown shape {shape!r}; have {', '.join(SHAPES)}")
-    command = ("python3 tools/bench_postgres.py " + shlex.join(list(argv))).strip()
+    command = ("python3 -m tools.bench_postgres " + shlex.join(list(argv))).strip()
     if args.inside:
         return inside(args)
     if native_mount() is not None:
@@ -940,7 +936,8 @@ def run(argv: Sequence[str]) -> int:
         args.mem,
         "--",
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "tools.bench_postgres",
         "--inside",
         *argv,
     ]

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Figures of the supervisor on a real kernel (issues 3 and 4). Prints numbers; asserts nothing.
 
-    python3 tools/bench_supervisor.py                 # everything (in the QEMU guest if needed)
-    python3 tools/bench_supervisor.py --only idle,oom --kills 20
+    python3 -m tools.bench_supervisor                 # everything (in the QEMU guest if needed)
+    python3 -m tools.bench_supervisor --only idle,oom --kills 20
 
 Runs natively where this host has a writable cgroup v2 memory controller, else inside the guest
 of tools/vmrun.py (the real `oomguard run` against a real cgroup2 tree either way). Scenarios:
@@ -53,12 +53,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
 # The scenario helpers of the real-kernel tests: the bench runs the same scenarios.
-from tests.kernel.pressure_support import (  # noqa: E402
+from tests.kernel.pressure_support import (
     decisions,
     fast_pressure,
     free_port,
@@ -72,7 +68,7 @@ from tests.kernel.pressure_support import (  # noqa: E402
     wait_charged,
     workload,
 )
-from tests.kernel.support import (  # noqa: E402
+from tests.kernel.support import (
     MiB,
     Oomguard,
     cg_write,
@@ -85,6 +81,7 @@ from tests.kernel.support import (  # noqa: E402
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
+REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = ("idle", "oom", "evict")
 RSS_GOAL_MB = 25.0
 WAKEUP_GOAL = 1.0
@@ -94,10 +91,7 @@ WAKEUP_GOAL = 1.0
 
 
 def _ktest() -> Any:
-    # A sibling script: tools/ is on sys.path whether this runs as a script or from bench.py.
-    if str(REPO / "tools") not in sys.path:
-        sys.path.insert(0, str(REPO / "tools"))
-    import ktest
+    from tools import ktest
 
     return ktest
 
@@ -638,7 +632,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         print(f"bench_supervisor: unknown scenario(s) {', '.join(unknown)}", file=sys.stderr)
         return 2
     given = list(sys.argv[1:] if argv is None else argv)
-    own = [sys.executable, str(Path(__file__).resolve()), *given]
+    own = [sys.executable, "-m", "tools.bench_supervisor", *given]
     own = [a for a in own if a != "--inside"]
     if not args.inside and not _native_ok():
         cmd = [

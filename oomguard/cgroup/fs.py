@@ -67,7 +67,75 @@ def _pids_text(pids: Iterable[int]) -> str:
     return text + (f" ... ({len(listed)} in all)" if len(listed) > 20 else "")
 
 
-class CgroupFS:
+class CgroupSyscalls:
+    """The syscall seam: all that touches the kernel. tests/cgroup/fakefs.py overrides these
+    methods to emulate a cgroupfs in a temp dir and inject errors."""
+
+    def _sys_read(self, path: str) -> bytes:
+        with open(path, "rb", buffering=0) as f:
+            return f.readall()
+
+    def _sys_write(self, path: str, data: bytes) -> int:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            return os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def _sys_open(self, path: str, flags: int) -> int:
+        return os.open(path, flags)
+
+    def _sys_mkdir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def _sys_rmdir(self, path: str) -> None:
+        os.rmdir(path)
+
+    def _sys_access(self, path: str, mode: int) -> bool:
+        return os.access(path, mode)
+
+    def _sys_lstat(self, path: str) -> os.stat_result:
+        return os.lstat(path)
+
+    def _sys_getxattr(self, path: str, name: str) -> bytes:
+        return os.getxattr(path, name, follow_symlinks=False)
+
+    def _sys_setxattr(self, path: str, name: str, value: bytes) -> None:
+        os.setxattr(path, name, value, follow_symlinks=False)
+
+    def _sys_listdirs(self, path: str) -> list[str]:
+        with os.scandir(path) as it:
+            return [e.name for e in it if e.is_dir(follow_symlinks=False)]
+
+    def _sys_pidfd_open(self, pid: int) -> int | None:
+        """A pidfd for `pid`; -1 if the kernel has no pidfd_open (< 5.3); None if it is gone."""
+        try:
+            return os.pidfd_open(pid)
+        except ProcessLookupError:
+            return None
+        except OSError as err:
+            if err.errno == errno.ENOSYS:
+                return -1
+            raise
+
+    def _sys_signal(self, pid: int, pidfd: int, sig: int) -> None:
+        import signal
+
+        try:
+            if pidfd >= 0:
+                signal.pidfd_send_signal(pidfd, sig)
+            else:
+                os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+        except PermissionError as err:
+            raise CgroupError(
+                f"not allowed to signal process {pid}: {err.strerror}",
+                "oomguard must run as the same user as its services, or as root",
+            ) from err
+
+
+class CgroupFS(CgroupSyscalls):
     """Reads and writes one cgroup2 mount. `mount` is the mount point, e.g. /sys/fs/cgroup.
 
     `sleep` and `clock` are injectable so tests of the retry loops never sleep.
@@ -128,82 +196,6 @@ class CgroupFS:
             )
         return os.path.join(str(self.dir(p)), name)
 
-    # -------------------------------------------------------------------------- error mapping
-
-    def _where(self, p: CgroupPath, name: str | None) -> str:
-        return f"cgroup {p}" if name is None else f"{p.fs_path() or '.'}/{name} (cgroup {p})"
-
-    def _gone(self, p: CgroupPath) -> bool:
-        return not os.path.isdir(self.dir(p))
-
-    def _map(
-        self, err: OSError, p: CgroupPath, name: str | None, action: str, value: str | None = None
-    ) -> CgroupError:
-        """Translate one OSError from an operation on cgroup `p` (file `name`) to our errors."""
-        code = err.errno
-        where = self._where(p, name)
-        shown = "" if value is None else f" {value!r}"
-        if code == errno.ENODEV or (code == errno.ENOENT and self._gone(p)):
-            return Vanished(f"cgroup {p} is gone ({action} {name or 'dir'})")
-        if code == errno.ENOENT and name is not None:
-            if not os.path.exists(self._file(p, name)):
-                prefix = name.split(".", 1)[0]
-                return CgroupError(
-                    f"{where} does not exist",
-                    f"the '{prefix}' controller is probably not enabled for this cgroup: it must "
-                    f"be listed in the parent's cgroup.subtree_control (or the kernel is too old "
-                    f"for this file)",
-                )
-            # The file exists, so ENOENT came from the kernel parsing the value: for
-            # cgroup.subtree_control it means "that controller is not in cgroup.controllers".
-            return CgroupError(
-                f"the kernel refused writing{shown} to {where} (ENOENT)",
-                "a controller can only be enabled if it is listed in this cgroup's "
-                "cgroup.controllers, i.e. enabled in the parent's cgroup.subtree_control",
-            )
-        if code == errno.ESRCH and name == "cgroup.procs":
-            return Vanished(f"process{shown} is gone (moving it into cgroup {p})")
-        if code == errno.EBUSY and name == "cgroup.subtree_control":
-            if value is not None and value.split() and all(t[0] == "-" for t in value.split()):
-                # Disabling is refused while a child still enables the controller below it.
-                return CgroupError(
-                    f"cannot disable controllers{shown} in {where}: a child cgroup still "
-                    f"enables them in its own cgroup.subtree_control",
-                    "disable them in the children first (bottom-up), or remove the children",
-                )
-            return CgroupError(
-                f"cannot enable controllers{shown} in {where}: cgroup {p} has processes "
-                f"({_pids_text(self._procs_quiet(p)) or 'none listed'})",
-                NO_INTERNAL_PROCESS_HINT,
-            )
-        if code == errno.EBUSY and name == "cgroup.procs":
-            return CgroupError(
-                f"cannot move process{shown} into cgroup {p}: it has controllers enabled for "
-                f"its children",
-                NO_INTERNAL_PROCESS_HINT,
-            )
-        if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-            return CgroupError(
-                f"permission denied: {action} {where} ({err.strerror})", READONLY_HINT
-            )
-        if code == errno.EINVAL and value is not None:
-            return CgroupError(
-                f"the kernel rejected{shown} for {where} (EINVAL)",
-                "memory files take bytes or 'max'; check the configured value",
-            )
-        if code == errno.ENOSPC and action == "mkdir":
-            return CgroupError(
-                f"cannot create cgroup {p}: a cgroup.max.descendants or cgroup.max.depth limit "
-                f"of an ancestor is reached",
-                "raise that limit in the ancestor, or use a shallower tree",
-            )
-        if code == errno.EOPNOTSUPP:
-            return CgroupError(
-                f"{action} {where}: not supported here ({err.strerror})",
-                "threaded cgroups and the root cgroup do not support every interface file",
-            )
-        return CgroupError(f"{action} {where} failed: {err.strerror or err}", None)
-
     def _procs_quiet(self, p: CgroupPath) -> list[int]:
         """The pids of `p` for an error message; never raises."""
         try:
@@ -223,7 +215,7 @@ class CgroupFS:
         try:
             st = self._sys_lstat(str(self.dir(p)))
         except OSError as err:
-            raise self._map(err, p, None, "stat") from err
+            raise _map(self, err, p, None, "stat") from err
         return st.st_ino, st.st_uid
 
     def get_xattr(self, p: CgroupPath, name: str) -> bytes | None:
@@ -234,7 +226,7 @@ class CgroupFS:
         except OSError as err:
             if err.errno in (errno.ENODATA, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
                 return None
-            raise self._map(err, p, None, f"getxattr {name}") from err
+            raise _map(self, err, p, None, f"getxattr {name}") from err
 
     def set_xattr(self, p: CgroupPath, name: str, value: bytes) -> bool:
         """Set extended attribute `name` on the directory of `p`. False if this filesystem or
@@ -245,14 +237,14 @@ class CgroupFS:
         except OSError as err:
             if err.errno in (errno.EOPNOTSUPP, errno.EPERM, errno.EACCES, errno.ENOSPC):
                 return False
-            raise self._map(err, p, None, f"setxattr {name}") from err
+            raise _map(self, err, p, None, f"setxattr {name}") from err
         return True
 
     def has_file(self, p: CgroupPath, name: str) -> bool:
         """True if interface file `name` exists; raises Vanished if the cgroup itself is gone."""
         if os.path.exists(self._file(p, name)):
             return True
-        if self._gone(p):
+        if not self.exists(p):
             raise Vanished(f"cgroup {p} is gone (looking for {name})")
         return False
 
@@ -266,7 +258,7 @@ class CgroupFS:
         try:
             data = self._sys_read(self._file(p, name))
         except OSError as err:
-            raise self._map(err, p, name, "read") from err
+            raise _map(self, err, p, name, "read") from err
         return data.decode("utf-8", "replace")
 
     def read_optional(self, p: CgroupPath, name: str) -> str | None:
@@ -275,9 +267,9 @@ class CgroupFS:
         try:
             data = self._sys_read(self._file(p, name))
         except OSError as err:
-            if err.errno == errno.ENOENT and not self._gone(p):
+            if err.errno == errno.ENOENT and self.exists(p):
                 return None
-            raise self._map(err, p, name, "read") from err
+            raise _map(self, err, p, name, "read") from err
         return data.decode("utf-8", "replace")
 
     def write(self, p: CgroupPath, name: str, value: str) -> None:
@@ -286,10 +278,10 @@ class CgroupFS:
         try:
             written = self._sys_write(self._file(p, name), data)
         except OSError as err:
-            raise self._map(err, p, name, "write", value) from err
+            raise _map(self, err, p, name, "write", value) from err
         if written != len(data):
             raise CgroupError(
-                f"short write to {self._where(p, name)}: {written} of {len(data)} bytes",
+                f"short write to {_where(p, name)}: {written} of {len(data)} bytes",
                 "the kernel accepts a cgroup file value in one write(); this should not happen",
             )
 
@@ -299,36 +291,36 @@ class CgroupFS:
         try:
             return self._sys_open(self._file(p, name), flags | os.O_CLOEXEC)
         except OSError as err:
-            raise self._map(err, p, name, "open") from err
+            raise _map(self, err, p, name, "open") from err
 
     # ------------------------------------------------------------------------ typed readers
 
     def read_int(self, p: CgroupPath, name: str) -> int:
-        return parse_int(self.read(p, name), self._where(p, name))
+        return parse_int(self.read(p, name), _where(p, name))
 
     def read_limit(self, p: CgroupPath, name: str) -> int | None:
-        return parse_limit(self.read(p, name), self._where(p, name))
+        return parse_limit(self.read(p, name), _where(p, name))
 
     def read_flat(self, p: CgroupPath, name: str) -> dict[str, int]:
-        return parse_flat_keyed(self.read(p, name), self._where(p, name))
+        return parse_flat_keyed(self.read(p, name), _where(p, name))
 
     def read_pressure(self, p: CgroupPath, resource: str = "memory") -> Pressure:
         name = f"{resource}.pressure"
-        return parse_pressure(self.read(p, name), self._where(p, name))
+        return parse_pressure(self.read(p, name), _where(p, name))
 
     def controllers(self, p: CgroupPath) -> frozenset[str]:
         """cgroup.controllers: what the parent made available to `p`."""
         name = "cgroup.controllers"
-        return parse_controllers(self.read(p, name), self._where(p, name))
+        return parse_controllers(self.read(p, name), _where(p, name))
 
     def subtree_control(self, p: CgroupPath) -> frozenset[str]:
         """cgroup.subtree_control: what `p` enables for its children."""
         name = "cgroup.subtree_control"
-        return parse_controllers(self.read(p, name), self._where(p, name))
+        return parse_controllers(self.read(p, name), _where(p, name))
 
     def procs(self, p: CgroupPath) -> list[int]:
         """Processes directly in `p` (not its descendants)."""
-        return parse_procs(self.read(p, "cgroup.procs"), self._where(p, "cgroup.procs"))
+        return parse_procs(self.read(p, "cgroup.procs"), _where(p, "cgroup.procs"))
 
     def populated(self, p: CgroupPath) -> bool:
         """cgroup.events "populated": any live process in `p` or below. The root cgroup has no
@@ -336,7 +328,7 @@ class CgroupFS:
         text = self.read_optional(p, "cgroup.events")
         if text is None:
             return True
-        return parse_flat_keyed(text, self._where(p, "cgroup.events")).get("populated", 0) != 0
+        return parse_flat_keyed(text, _where(p, "cgroup.events")).get("populated", 0) != 0
 
     def is_real_root(self, p: CgroupPath) -> bool:
         """True if `p` is the real root of the hierarchy, which is exempt from the
@@ -351,7 +343,7 @@ class CgroupFS:
         try:
             names = self._sys_listdirs(str(self.dir(p)))
         except OSError as err:
-            raise self._map(err, p, None, "list") from err
+            raise _map(self, err, p, None, "list") from err
         return [p.child(n) for n in sorted(names)]
 
     def walk(self, p: CgroupPath) -> list[CgroupPath]:
@@ -396,9 +388,9 @@ class CgroupFS:
             pass
         except OSError as err:
             parent = p.parent
-            if err.errno == errno.ENOENT and parent is not None and self._gone(parent):
+            if err.errno == errno.ENOENT and parent is not None and not self.exists(parent):
                 raise Vanished(f"cannot create cgroup {p}: its parent {parent} is gone") from err
-            raise self._map(err, p, None, "mkdir") from err
+            raise _map(self, err, p, None, "mkdir") from err
         # mkdir on a cgroupfs populates the directory with interface files. If cgroup.procs is
         # missing, this is not a cgroupfs (e.g. the tmpfs at /sys/fs/cgroup on a hybrid host):
         # refuse rather than keep making plain directories that limit nothing.
@@ -429,7 +421,7 @@ class CgroupFS:
                 if err.errno in _GONE:
                     return
                 if err.errno not in (errno.EBUSY, errno.ENOTEMPTY):
-                    raise self._map(err, p, None, "rmdir") from err
+                    raise _map(self, err, p, None, "rmdir") from err
             try:
                 kids = self.children(p)
             except Vanished:
@@ -565,67 +557,101 @@ class CgroupFS:
                 if fd >= 0:
                     os.close(fd)
 
-    # ----------------------------------------------------------- syscall seam (see fakefs.py)
 
-    def _sys_read(self, path: str) -> bytes:
-        with open(path, "rb", buffering=0) as f:
-            return f.readall()
+# ------------------------------------------------------------------------------ error mapping
 
-    def _sys_write(self, path: str, data: bytes) -> int:
-        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            return os.write(fd, data)
-        finally:
-            os.close(fd)
 
-    def _sys_open(self, path: str, flags: int) -> int:
-        return os.open(path, flags)
+def _where(p: CgroupPath, name: str | None) -> str:
+    return f"cgroup {p}" if name is None else f"{p.fs_path() or '.'}/{name} (cgroup {p})"
 
-    def _sys_mkdir(self, path: str) -> None:
-        os.mkdir(path)
 
-    def _sys_rmdir(self, path: str) -> None:
-        os.rmdir(path)
+def _map(
+    fs: CgroupFS,
+    err: OSError,
+    p: CgroupPath,
+    name: str | None,
+    action: str,
+    value: str | None = None,
+) -> CgroupError:
+    """Translate one OSError from an operation on cgroup `p` (file `name`) to our errors."""
+    code = err.errno
+    where = _where(p, name)
+    shown = "" if value is None else f" {value!r}"
+    if code == errno.ENODEV or (code == errno.ENOENT and not fs.exists(p)):
+        return Vanished(f"cgroup {p} is gone ({action} {name or 'dir'})")
+    if code == errno.ENOENT and name is not None:
+        return _missing(fs, p, name, where, shown)
+    if code == errno.ESRCH and name == "cgroup.procs":
+        return Vanished(f"process{shown} is gone (moving it into cgroup {p})")
+    if code == errno.EBUSY and name in ("cgroup.subtree_control", "cgroup.procs"):
+        return _busy(fs, p, name, where, value)
+    return _refused(err, p, where, action, value)
 
-    def _sys_access(self, path: str, mode: int) -> bool:
-        return os.access(path, mode)
 
-    def _sys_lstat(self, path: str) -> os.stat_result:
-        return os.lstat(path)
+def _missing(fs: CgroupFS, p: CgroupPath, name: str, where: str, shown: str) -> CgroupError:
+    """ENOENT on an existing cgroup: a file that is not there, or a value the kernel parsed as
+    naming something that is not there."""
+    if not fs.file_path(p, name).exists():
+        prefix = name.split(".", 1)[0]
+        return CgroupError(
+            f"{where} does not exist",
+            f"the '{prefix}' controller is probably not enabled for this cgroup: it must "
+            f"be listed in the parent's cgroup.subtree_control (or the kernel is too old "
+            f"for this file)",
+        )
+    # The file exists, so ENOENT came from the kernel parsing the value: for
+    # cgroup.subtree_control it means "that controller is not in cgroup.controllers".
+    return CgroupError(
+        f"the kernel refused writing{shown} to {where} (ENOENT)",
+        "a controller can only be enabled if it is listed in this cgroup's "
+        "cgroup.controllers, i.e. enabled in the parent's cgroup.subtree_control",
+    )
 
-    def _sys_getxattr(self, path: str, name: str) -> bytes:
-        return os.getxattr(path, name, follow_symlinks=False)
 
-    def _sys_setxattr(self, path: str, name: str, value: bytes) -> None:
-        os.setxattr(path, name, value, follow_symlinks=False)
+def _busy(fs: CgroupFS, p: CgroupPath, name: str, where: str, value: str | None) -> CgroupError:
+    """EBUSY from cgroup.subtree_control or cgroup.procs: the no-internal-process rule."""
+    shown = "" if value is None else f" {value!r}"
+    if name == "cgroup.procs":
+        return CgroupError(
+            f"cannot move process{shown} into cgroup {p}: it has controllers enabled for "
+            f"its children",
+            NO_INTERNAL_PROCESS_HINT,
+        )
+    if value is not None and value.split() and all(t[0] == "-" for t in value.split()):
+        # Disabling is refused while a child still enables the controller below it.
+        return CgroupError(
+            f"cannot disable controllers{shown} in {where}: a child cgroup still "
+            f"enables them in its own cgroup.subtree_control",
+            "disable them in the children first (bottom-up), or remove the children",
+        )
+    return CgroupError(
+        f"cannot enable controllers{shown} in {where}: cgroup {p} has processes "
+        f"({_pids_text(fs._procs_quiet(p)) or 'none listed'})",
+        NO_INTERNAL_PROCESS_HINT,
+    )
 
-    def _sys_listdirs(self, path: str) -> list[str]:
-        with os.scandir(path) as it:
-            return [e.name for e in it if e.is_dir(follow_symlinks=False)]
 
-    def _sys_pidfd_open(self, pid: int) -> int | None:
-        """A pidfd for `pid`; -1 if the kernel has no pidfd_open (< 5.3); None if it is gone."""
-        try:
-            return os.pidfd_open(pid)
-        except ProcessLookupError:
-            return None
-        except OSError as err:
-            if err.errno == errno.ENOSYS:
-                return -1
-            raise
-
-    def _sys_signal(self, pid: int, pidfd: int, sig: int) -> None:
-        import signal
-
-        try:
-            if pidfd >= 0:
-                signal.pidfd_send_signal(pidfd, sig)
-            else:
-                os.kill(pid, sig)
-        except ProcessLookupError:
-            pass
-        except PermissionError as err:
-            raise CgroupError(
-                f"not allowed to signal process {pid}: {err.strerror}",
-                "oomguard must run as the same user as its services, or as root",
-            ) from err
+def _refused(
+    err: OSError, p: CgroupPath, where: str, action: str, value: str | None
+) -> CgroupError:
+    """The errors that do not depend on which interface file was used."""
+    code = err.errno
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return CgroupError(f"permission denied: {action} {where} ({err.strerror})", READONLY_HINT)
+    if code == errno.EINVAL and value is not None:
+        return CgroupError(
+            f"the kernel rejected {value!r} for {where} (EINVAL)",
+            "memory files take bytes or 'max'; check the configured value",
+        )
+    if code == errno.ENOSPC and action == "mkdir":
+        return CgroupError(
+            f"cannot create cgroup {p}: a cgroup.max.descendants or cgroup.max.depth limit "
+            f"of an ancestor is reached",
+            "raise that limit in the ancestor, or use a shallower tree",
+        )
+    if code == errno.EOPNOTSUPP:
+        return CgroupError(
+            f"{action} {where}: not supported here ({err.strerror})",
+            "threaded cgroups and the root cgroup do not support every interface file",
+        )
+    return CgroupError(f"{action} {where} failed: {err.strerror or err}", None)

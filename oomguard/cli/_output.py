@@ -1,18 +1,60 @@
-"""Small output helpers shared by CLI commands: an aligned text table and JSON with the value
-types discovery and snapshots use (frozensets, enums, paths, dataclasses).
+"""Small output helpers shared by CLI commands: the one error reporter, an aligned text table,
+and JSON with the value types discovery and snapshots use (frozensets, enums, paths,
+dataclasses).
 
 Import-light on purpose: `oomguard status` must start fast, so even json is imported only by
-`dumps` (the human table needs none of it).
+`dumps` (the human table needs none of it), and nothing here imports click.
 """
 
 from __future__ import annotations
 
+import sys
 from enum import Enum
 from pathlib import PurePath
 from typing import TYPE_CHECKING, Any
 
+from oomguard.errors import OomguardError
+
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
+
+#: sysexits.h's EX_SOFTWARE: oomguard itself failed (a bug), not the user.
+EX_SOFTWARE = 70
+#: The shell's status for a command ended by Ctrl-C (128 + SIGINT).
+EX_INTERRUPTED = 130
+
+
+def report(err: OomguardError) -> None:
+    """Print an error the way every command does: one line naming the thing, then the fix."""
+    # sys.stderr looked up at each call: a test runner may have replaced it.
+    sys.stderr.write(f"oomguard: error: {err.message}\n")
+    if err.hint:
+        sys.stderr.write(f"oomguard: hint: {err.hint}\n")
+    sys.stderr.flush()
+
+
+def guarded(command: Callable[[], int]) -> int:
+    """Run one command and turn every way it can end into an exit status, never a traceback
+    for a user's error: `OomguardError` is reported (`report`), Ctrl-C is 130, a reader that
+    left (`oomguard events | head`) is not an error of ours, and anything else is a bug, said
+    in one line with the traceback kept for the report."""
+    try:
+        return command()
+    except OomguardError as err:
+        report(err)
+        return int(err.exit_code)
+    except KeyboardInterrupt:
+        return EX_INTERRUPTED
+    except BrokenPipeError:
+        return 0
+    except Exception as err:
+        # The supervisor has already stopped its services on the way out.
+        import traceback
+
+        sys.stderr.write(f"oomguard: internal error: {type(err).__name__}: {err}\n")
+        sys.stderr.write("oomguard: this is a bug; please report it with the traceback below\n")
+        traceback.print_exc()
+        return EX_SOFTWARE
 
 
 def jsonable(value: Any) -> Any:
@@ -23,6 +65,10 @@ def jsonable(value: Any) -> Any:
         return jsonable(value.value)
     if isinstance(value, PurePath):
         return str(value)
+    return _jsonable_container(value)
+
+
+def _jsonable_container(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, tuple) and hasattr(value, "_asdict"):  # a NamedTuple record

@@ -35,7 +35,8 @@ from oomguard.observe.eventlog import (
     read_events,
 )
 from oomguard.observe.log import format_seconds, format_value, iso_utc
-from oomguard.observe.state import DEFAULT_STATE_DIR, read_state, state_writer_alive
+from oomguard.observe.state import read_state, state_writer_alive
+from oomguard.paths import STATE_DIR
 from oomguard.units import format_size, parse_duration
 
 if TYPE_CHECKING:
@@ -44,7 +45,8 @@ if TYPE_CHECKING:
 
 #: With --follow and no --since, show this many past events first (like ``tail -f``).
 FOLLOW_BACKLOG = 10
-_HEAD_KEYS = ("ts", "kind", "service", "slice")
+#: Printed first (or not at all: ``slice`` is ``cgroup``'s old name, see observe/eventlog.py).
+_HEAD_KEYS = ("ts", "kind", "service", "cgroup", "slice")
 
 
 def format_detail(key: str, value: object) -> str:
@@ -60,14 +62,16 @@ def format_detail(key: str, value: object) -> str:
 
 
 def format_event(event: dict[str, Any]) -> str:
-    """``2026-11-25T22:31:02Z  backup   oom_kill  slice=/oomguard/sidecars/backup delta=1 ...``"""
+    """``2026-11-25T22:31:02Z  backup   oom_kill  cgroup=/oomguard/sidecars/backup delta=1 ...``"""
     ts = event.get("ts")
     when = iso_utc(float(ts), millis=False) if isinstance(ts, int | float) else "?"
     service = event.get("service") or "-"
     kind = event.get("kind") or "?"
     details: list[str] = []
-    if event.get("slice"):
-        details.append(f"slice={format_value(event['slice'])}")
+    # An event log written before the field was renamed has only "slice".
+    cgroup = event.get("cgroup") or event.get("slice")
+    if cgroup:
+        details.append(f"cgroup={format_value(cgroup)}")
     details.extend(
         f"{key}={format_detail(key, value)}"
         for key, value in event.items()
@@ -188,7 +192,7 @@ def _tail(events: Iterable[dict[str, Any]], n: int) -> Iterator[dict[str, Any]]:
     "--state-dir",
     type=click.Path(file_okay=False, path_type=Path),
     envvar="OOMGUARD_STATE_DIR",
-    default=DEFAULT_STATE_DIR,
+    default=STATE_DIR,
     show_default=True,
     help="The supervisor's [oomguard] state_dir.",
 )
@@ -197,12 +201,7 @@ def command(
     follow: bool, as_json: bool, since: str | None, state_dir: Path, service: str | None
 ) -> int:
     """Show (or follow) the supervisor's event log."""
-    cutoff: float | None = None
-    if since is not None:
-        try:
-            cutoff = time.time() - parse_duration(since)
-        except ValueError as err:
-            raise UsageError(f"--since: {err}", hint="use a duration like 30s, 5m or 2h") from err
+    cutoff = _cutoff(since)
     if not state_dir.is_dir():
         raise _no_dir_error(state_dir)
     _check_readable(state_dir)
@@ -220,7 +219,26 @@ def command(
         for event in read_events(state_dir, since=cutoff):
             show(event)
         return 0
+    _follow_log(state_dir, cutoff, wanted, show)
+    return 0
 
+
+def _cutoff(since: str | None) -> float | None:
+    """The wall-clock time --since stands for, or None without it."""
+    if since is None:
+        return None
+    try:
+        return time.time() - parse_duration(since)
+    except ValueError as err:
+        raise UsageError(f"--since: {err}", hint="use a duration like 30s, 5m or 2h") from err
+
+
+def _follow_log(
+    state_dir: Path,
+    cutoff: float | None,
+    wanted: Callable[[dict[str, Any]], bool],
+    show: Callable[[dict[str, Any]], None],
+) -> None:
     # Open the current file before reading history, so nothing appended in between is missed:
     # the follower returns the whole current file first, then only what is new.
     follower = EventFollower(state_dir, from_start=True)
@@ -247,4 +265,3 @@ def command(
         follower.close()
         if installed:
             signal.signal(signal.SIGTERM, previous)
-    return 0

@@ -1,8 +1,8 @@
 """The `oomguard` entry point. Deliberately tiny: it imports click only when it must.
 
-`oomguard status` is run from monitoring loops and shells, so it takes a click-free fast path
-(`cli/status.fast_main`); every other command, and `status --help` or a bad status option, goes
-through the click application in `cli/app.py`. This is the only module family that exits.
+`oomguard status` is run from monitoring loops and shells, so it never imports click: it parses
+its own arguments (`cli/status.main`, which says why). Every other command goes through the
+click application in `cli/app.py`. This is the only module family that exits.
 """
 
 from __future__ import annotations
@@ -28,11 +28,9 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
 
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args[:1] == ["status"]:
-        from oomguard.cli.status import fast_main
+        from oomguard.cli.status import main as status_main
 
-        rc = fast_main(args[1:])
-        if rc is not None:
-            sys.exit(rc)
+        sys.exit(status_main(args[1:]))
     from oomguard.cli.app import run
 
     sys.exit(run(args))

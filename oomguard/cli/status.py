@@ -13,22 +13,20 @@ so, and status then shows the services alone, without needing a cgroup2 mount at
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from oomguard.errors import OomguardError, UsageError
+from oomguard.observe.statefile import StateFileError, read_state, writer_running
+from oomguard.paths import STATE_DIR
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
-    import click
-
     from oomguard.cgroup.path import CgroupPath
     from oomguard.observe.snapshot import SliceSnapshot, TreeSnapshot
 
-DEFAULT_STATE_DIR = "/run/oomguard"
 #: The tree name under our own cgroup when no config names a root (see cgroup/spec.py).
 DEFAULT_TREE = "oomguard"
 #: How many pids a table row lists before "+N".
@@ -39,60 +37,15 @@ class StatusError(OomguardError):
     """status could not find or read what it was asked to show."""
 
 
-def read_state_file(path: str) -> tuple[dict[str, Any] | None, str | None]:
-    """(document, problem). A missing file is (None, None): no supervisor has run here. A file
-    that can't be used is (None, why): status still shows the cgroup tree."""
+def read_state_problem(state_dir: str) -> tuple[dict[str, Any] | None, str | None]:
+    """(document, problem) from the one state.json reader (observe/statefile.py). A missing
+    file is (None, None): no supervisor has run here. A file that can't be used is (None, why):
+    status still shows the cgroup tree. A newer format version is not caught: it stops status
+    (exit 2), whose figures could otherwise be misread."""
     try:
-        # O_NOFOLLOW: status may run as root, and a planted link must not make it read (and
-        # quote) whatever the link names. A state.json is a few KiB; 16 MiB caps a bogus one.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with open(fd, encoding="utf-8", errors="replace") as f:
-            text = f.read(16 << 20)
-    except (FileNotFoundError, NotADirectoryError):
-        return None, None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            return None, f"{path} is a symlink; oomguard never reads state through one"
-        return None, f"cannot read {path}: {err.strerror or err}"
-    import json  # only when there is a state file: a cold-start cost otherwise saved
-
-    try:
-        doc = json.loads(text)
-    except ValueError as err:
-        return None, f"{path} is not valid JSON ({err})"
-    if not isinstance(doc, dict):
-        return None, f"{path} does not hold a JSON object"
-    if not isinstance(doc.get("services", {}), dict):
-        return None, f"{path}: 'services' is not an object"
-    return doc, None
-
-
-def _start_ticks(pid: int) -> int | None:
-    # Field 22 of /proc/<pid>/stat; comm (field 2) may contain spaces and ")", so split after
-    # the last ")". Same rule as the writer uses for "pid_start".
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def writer_running(doc: dict[str, Any]) -> bool | None:
-    """Is the supervisor that wrote `doc` alive? None if the document has no usable pid.
-    pid_start (when present) guards against pid reuse after a crash."""
-    pid = doc.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
-    ticks = _start_ticks(pid)
-    start = doc.get("pid_start")
-    if isinstance(start, int) and not isinstance(start, bool):
-        return ticks == start
-    return ticks is not None
+        return read_state(state_dir), None
+    except StateFileError as err:
+        return None, err.message
 
 
 def degraded_reason(doc: dict[str, Any] | None) -> str | None:
@@ -406,8 +359,8 @@ def resolve_root(
 
 
 class Opt(NamedTuple):
-    """One option of `oomguard status`. The click command and the click-free fast parser are
-    both built from `OPTIONS`, so they cannot drift apart."""
+    """One option of `oomguard status`: `parse_args` and the help text are built from
+    `OPTIONS`."""
 
     flag: str
     dest: str
@@ -436,7 +389,7 @@ OPTIONS = (
         "Where the supervisor writes state.json.",
         metavar="DIR",
         envvar="OOMGUARD_STATE_DIR",
-        default=DEFAULT_STATE_DIR,
+        default=STATE_DIR,
     ),
     Opt(
         "--mount",
@@ -448,6 +401,7 @@ OPTIONS = (
         hidden=True,
     ),
 )
+HELP_FLAGS = ("-h", "--help")
 
 HELP = (
     "Show the slice tree (memory, events, PSI, pids) and every service's state, pid, restarts "
@@ -465,7 +419,7 @@ def run(
 ) -> int:
     """The whole command, minus argument parsing. Raises OomguardError for the CLI to report."""
     state_file = os.path.join(state_dir, "state.json")
-    state, problem = read_state_file(state_file)
+    state, problem = read_state_problem(state_dir)
     if root_opt is None and degraded_reason(state) is not None:
         # No tree to show, so no cgroup2 mount needed: a degraded supervisor may have none.
         view = View(None, None, None, state_file, state, problem)
@@ -518,27 +472,32 @@ def _tree_view(
     return View(take_snapshot(fs, root), mount, root_from, state_file, state, problem)
 
 
-# ------------------------------------------------------------------- click-free fast path
+# ------------------------------------------------------------------------ the command line
+#
+# `status` parses its own arguments: it is run in loops while a database is in trouble, and
+# click alone costs it more start-up than the 15 ms over a bare interpreter it may take
+# (README, "Measured figures"). Every other command is a click command (cli/app.py); `oomguard
+# status` reaches `main` before click is imported (cli/main.py), and through the click group it
+# is a pass-through that hands its arguments here (cli/app.py), so there is one parser.
 
 
-def parse_fast(argv: Sequence[str]) -> dict[str, Any] | None:
-    """Parse `status` arguments without click, or None for anything but the plain forms
-    (``--opt VALUE``, ``--opt=VALUE``, flags): --help, unknown options and mistakes go to
-    click, which explains them. Environment defaults follow click's rule (empty = unset)."""
+def parse_args(argv: Sequence[str]) -> dict[str, Any] | None:
+    """The option values of `oomguard status ARGV`, or None for --help. The forms are click's:
+    ``--opt VALUE``, ``--opt=VALUE``, flags; an environment default that is empty counts as
+    unset. Raises UsageError (exit 2) naming the argument that is wrong."""
     by_flag = {o.flag: o for o in OPTIONS}
-    values: dict[str, Any] = {}
-    for o in OPTIONS:
-        env = os.environ.get(o.envvar) if o.envvar else None
-        values[o.dest] = False if not o.takes_value else (env or o.default)
+    values = _defaults()
     i = 0
     while i < len(argv):
+        if argv[i] in HELP_FLAGS:
+            return None
         name, eq, value = argv[i].partition("=")
         opt = by_flag.get(name)
         if opt is None:
-            return None
+            raise _unknown(argv[i], name)
         if not opt.takes_value:
             if eq:
-                return None
+                raise UsageError(f"{name} takes no value (got {argv[i]!r})", f"write {name} alone")
             values[opt.dest] = True
         elif eq:
             values[opt.dest] = value
@@ -546,67 +505,76 @@ def parse_fast(argv: Sequence[str]) -> dict[str, Any] | None:
             i += 1
             values[opt.dest] = argv[i]
         else:
-            return None
+            raise UsageError(f"{name} needs a value", f"write {name} {opt.metavar}")
         i += 1
     return values
 
 
-def fast_main(argv: Sequence[str]) -> int | None:
-    """`oomguard status ARGS` without importing click: ~10-20 ms less cold start (see
-    tools/bench.py). Returns the exit status, or None if click must handle `argv` (help,
-    errors). For an entry point that dispatches ``status`` here before importing click."""
-    values = parse_fast(argv)
+def _defaults() -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for o in OPTIONS:
+        env = os.environ.get(o.envvar) if o.envvar else None
+        values[o.dest] = False if not o.takes_value else (env or o.default)
+    return values
+
+
+def _unknown(arg: str, name: str) -> UsageError:
+    usage = "`oomguard status --help` lists its options"
+    if not arg.startswith("-"):
+        return UsageError(f"oomguard status takes no argument {arg!r}, only options", usage)
+    import difflib  # only on a mistake
+
+    flags = [o.flag for o in OPTIONS if not o.hidden]
+    close = difflib.get_close_matches(name, flags, n=1)
+    hint = f"did you mean {close[0]}? {usage}" if close else usage
+    return UsageError(f"oomguard status has no option {name}", hint)
+
+
+def help_text() -> str:
+    """What `oomguard status --help` prints (click's layout, built from `OPTIONS`)."""
+    import textwrap  # only for --help
+
+    rows = [(o.flag + (f" {o.metavar}" if o.metavar else ""), _help_of(o)) for o in OPTIONS]
+    rows = [row for row, o in zip(rows, OPTIONS, strict=True) if not o.hidden]
+    rows.append((", ".join(HELP_FLAGS), "Show this message and exit."))
+    width = max(len(left) for left, _ in rows) + 2
+    lines = ["Usage: oomguard status [OPTIONS]", ""]
+    lines += textwrap.wrap(HELP, 78, initial_indent="  ", subsequent_indent="  ")
+    lines += ["", "Options:"]
+    for left, text in rows:
+        wrapped = textwrap.wrap(text, 78 - width - 2) or [""]
+        lines.append(f"  {left:<{width}}{wrapped[0]}")
+        lines += [" " * (width + 2) + more for more in wrapped[1:]]
+    return "\n".join(lines)
+
+
+def _help_of(o: Opt) -> str:
+    extra = [f"env var: {o.envvar}"] if o.envvar else []
+    extra += [f"default: {o.default}"] if o.default is not None else []
+    return o.help + (f"  [{'; '.join(extra)}]" if extra else "")
+
+
+def execute(argv: Sequence[str], echo: Callable[[str], object]) -> int:
+    """`oomguard status ARGV`, printing through `echo`. Raises OomguardError for the caller to
+    report."""
+    values = parse_args(argv)
     if values is None:
-        return None
+        echo(help_text())
+        return 0
+    return run(echo=echo, **values)
+
+
+def main(argv: Sequence[str]) -> int:
+    """`oomguard status ARGV` as a program: the exit status, every error reported the way every
+    command reports it (cli/_output.guarded). Imports no click."""
+    from oomguard.cli._output import guarded
 
     def echo(text: str) -> None:
         sys.stdout.write(text + "\n")
 
-    try:
-        rc = run(echo=echo, **values)
+    def command() -> int:
+        rc = execute(argv, echo)
         sys.stdout.flush()
-    except OomguardError as err:
-        # Same two lines as oomguard.cli.main.report(), which needs click.
-        sys.stderr.write(f"oomguard: error: {err.message}\n")
-        if err.hint:
-            sys.stderr.write(f"oomguard: hint: {err.hint}\n")
-        return int(err.exit_code)
-    except BrokenPipeError:
-        # `oomguard status | head`: the reader left; not an error of ours.
-        return 0
-    return rc
+        return rc
 
-
-# ----------------------------------------------------------------------- the click command
-
-
-def _build_command() -> click.Command:
-    import click
-
-    def callback(**values: Any) -> int:
-        return run(echo=click.echo, **values)
-
-    params: list[click.Parameter] = [
-        click.Option(
-            [o.flag, o.dest],
-            is_flag=not o.takes_value,
-            help=o.help,
-            metavar=o.metavar,
-            envvar=o.envvar,
-            default=o.default if o.takes_value else False,
-            show_default=o.default is not None,
-            hidden=o.hidden,
-        )
-        for o in OPTIONS
-    ]
-    return click.Command("status", callback=callback, params=params, help=HELP)
-
-
-def __getattr__(name: str) -> click.Command:
-    # PEP 562: `command` (what oomguard.cli.main's LazyGroup loads) is built on first access, so
-    # importing this module for fast_main() does not import click.
-    if name == "command":
-        cmd = _build_command()
-        globals()["command"] = cmd
-        return cmd
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return guarded(command)

@@ -78,6 +78,7 @@ from oomguard.config.fields import (
 )
 from oomguard.config.warnings import config_warnings
 from oomguard.errors import ConfigError, Problem
+from oomguard.paths import STATE_DIR
 from oomguard.plan import LogFormat, LogMode, PsiTriggerSpec
 
 # At run time, not under TYPE_CHECKING: pydantic resolves field annotations when a model class
@@ -205,7 +206,7 @@ class OomguardSection(_Model):
     memory_max: LimitSize = Field(
         default=None, description="memory.max of the whole tree (None = max)."
     )
-    state_dir: AbsPath = Path("/run/oomguard")
+    state_dir: AbsPath = Path(STATE_DIR)
     cgroup: CgroupRoot = Field(
         default=None,
         description='Tree root under the cgroup2 mount, e.g. "/oomguard"; '

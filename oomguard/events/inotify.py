@@ -240,10 +240,6 @@ class InotifyWatcher(Generic[K]):
     def _decode(self, data: bytes) -> list[tuple[K, WatchEvent]]:
         """Turn raw inotify records into per-key flags (and forget watches that ended)."""
         merged: dict[K, WatchEvent] = {}
-
-        def mark(key: K, flags: WatchEvent) -> None:
-            merged[key] = merged.get(key, WatchEvent(0)) | flags
-
         gone_keys: list[K] = []
         pos = 0
         while pos + _EVENT.size <= len(data):
@@ -252,42 +248,51 @@ class InotifyWatcher(Generic[K]):
             pos += _EVENT.size + name_len
             if mask & IN_Q_OVERFLOW:
                 # Events were lost, removals included: every key must re-read and re-check.
-                for key in self.keys():
-                    mark(key, WatchEvent.OVERFLOW | WatchEvent.MODIFIED)
-                continue
-            if name:
-                # An event about an entry of a watched directory: only removal watches care.
-                if mask & (IN_DELETE | IN_MOVED_FROM):
-                    for key in self._child_keys.get(wd, {}).get(name, ()):
-                        mark(key, WatchEvent.VANISHED)
-                        gone_keys.append(key)
-                continue
-            flags = WatchEvent(0)
-            if mask & (IN_MODIFY | IN_ATTRIB):
-                flags |= WatchEvent.MODIFIED
-            if mask & (IN_IGNORED | IN_DELETE_SELF | IN_UNMOUNT):
-                flags |= WatchEvent.VANISHED
-            if not flags:
-                continue
-            keys = list(self._file_keys.get(wd, ()))
-            if flags & WatchEvent.VANISHED:
-                # The inode itself is gone (a watched file, or the parent of removal watches).
-                keys += [k for names in self._child_keys.get(wd, {}).values() for k in names]
-                gone_keys += keys
-            for key in keys:
-                mark(key, flags)
-            if mask & IN_IGNORED:
-                # The kernel has dropped this wd already: forget it without rm_watch.
-                for key in self._file_keys.pop(wd, []):
-                    self._key_file.pop(key, None)
-                for names in self._child_keys.pop(wd, {}).values():
-                    for key in names:
-                        self._key_child.pop(key, None)
+                hits = [(key, WatchEvent.OVERFLOW | WatchEvent.MODIFIED) for key in self.keys()]
+            elif name:
+                hits = self._child_hits(wd, mask, name)
+            else:
+                hits = self._self_hits(wd, mask)
+            for key, flags in hits:
+                merged[key] = merged.get(key, WatchEvent(0)) | flags
+                if flags & WatchEvent.VANISHED:
+                    gone_keys.append(key)
         # A vanished key's watches are dead: release them (after the loop, so every event of
         # this batch is still attributed).
         for key in gone_keys:
             self.unwatch(key)
         return list(merged.items())
+
+    def _child_hits(self, wd: int, mask: int, name: bytes) -> list[tuple[K, WatchEvent]]:
+        """An event about an entry of a watched directory: only removal watches care."""
+        if not mask & (IN_DELETE | IN_MOVED_FROM):
+            return []
+        return [(key, WatchEvent.VANISHED) for key in self._child_keys.get(wd, {}).get(name, ())]
+
+    def _self_hits(self, wd: int, mask: int) -> list[tuple[K, WatchEvent]]:
+        """An event about the watched inode itself (a file, or the parent of removal watches)."""
+        flags = WatchEvent(0)
+        if mask & (IN_MODIFY | IN_ATTRIB):
+            flags |= WatchEvent.MODIFIED
+        if mask & (IN_IGNORED | IN_DELETE_SELF | IN_UNMOUNT):
+            flags |= WatchEvent.VANISHED
+        if not flags:
+            return []
+        keys = list(self._file_keys.get(wd, ()))
+        if flags & WatchEvent.VANISHED:
+            # The inode itself is gone: its removal watches are gone with it.
+            keys += [k for names in self._child_keys.get(wd, {}).values() for k in names]
+        if mask & IN_IGNORED:
+            # The kernel has dropped this wd already: forget it without rm_watch.
+            self._forget_wd(wd)
+        return [(key, flags) for key in keys]
+
+    def _forget_wd(self, wd: int) -> None:
+        for key in self._file_keys.pop(wd, []):
+            self._key_file.pop(key, None)
+        for names in self._child_keys.pop(wd, {}).values():
+            for key in names:
+                self._key_child.pop(key, None)
 
     def close(self) -> None:
         """Close the inotify fd (dropping every watch). Idempotent."""

@@ -3,11 +3,16 @@
 This is the durable "what happened" record that ``oomguard events`` reads, separate from the
 diagnostic log (observe/log.py), which is for humans watching the daemon. Each line is::
 
-    {"ts": 1795732262.41, "slice": "/oomguard/sidecars/backup", "service": "backup",
+    {"ts": 1795732262.41, "cgroup": "/oomguard/sidecars/backup",
+     "slice": "/oomguard/sidecars/backup", "service": "backup",
      "kind": "oom_kill", "delta": 1, "current": 67108864, "max": 67108864}
 
 ``ts`` is unix wall time (the one place oomguard uses the wall clock: a reader correlates these
-with other logs); ``slice`` and ``service`` may be null for tree-wide events. Details are flat
+with other logs). ``cgroup`` is the cgroup the event is about (a service's, a ``[slice.X]``
+budget's, the tree root), as a path under the cgroup2 mount. ``slice`` holds the same value: it
+is the field's old name, kept for one release for readers written against it, and removed after
+that ("slice" is a config budget; this field names any cgroup). ``cgroup``, ``slice`` and
+``service`` may be null for tree-wide events. Details are flat
 scalars. Byte counts are written as exact integers and durations as float seconds; the key
 conventions in `BYTE_KEYS` / `SECONDS_KEYS` tell ``oomguard events`` how to print them for humans.
 
@@ -48,7 +53,7 @@ DEFAULT_MAX_BYTES = 10 << 20
 KINDS = (
     "start",  # a service process started: pid
     "exit",  # it exited: code, signal, oom_killed, uptime
-    "oom_kill",  # the kernel OOM-killed in this slice: delta, current, max
+    "oom_kill",  # the kernel OOM-killed in this cgroup: delta, current, max
     "restart",  # a restart is scheduled/performed: reason, attempt, delay
     "backoff",  # restart delayed: attempt, delay
     "fatal",  # gave up restarting: reason, attempts
@@ -67,7 +72,7 @@ BYTE_KEYS = frozenset(
 )
 #: Detail keys that hold seconds (printed as 0.4s). Keys ending in ``_s`` or ``_seconds`` count too.
 SECONDS_KEYS = frozenset({"delay", "uptime", "downtime", "timeout", "duration", "elapsed"})
-_RESERVED = frozenset({"ts", "kind", "slice", "service"})
+_RESERVED = frozenset({"ts", "kind", "cgroup", "slice", "service"})
 #: The ``ts`` range a reader accepts: 1970 to the end of year 9999 (what datetime can show).
 #: Anything else (negative, 1e300, Infinity) is not an event oomguard wrote, and is skipped.
 TS_MAX = 253402300799.0
@@ -140,12 +145,16 @@ class EventLog:
         /,
         *,
         service: str | None = None,
-        slice: object = None,
+        cgroup: object = None,
         **details: object,
     ) -> bool:
-        """Write one event. `slice` is a CgroupPath or str (written as ``str(slice)``); it is
+        """Write one event. `cgroup` is a CgroupPath or str (written as ``str(cgroup)``); it is
         named like the field it fills. Details must be flat: scalars (lists of scalars are allowed).
         Returns False if the line could not be written (see class docstring)."""
+        if "slice" in details and cgroup is None:
+            # The keyword's old name, from callers written before the rename (the supervisor's
+            # split is landing beside it); the same meaning. Gone once they pass cgroup=.
+            cgroup = details.pop("slice")
         check_name(kind, "event kind")
         for key, value in details.items():
             check_name(key, "event detail")
@@ -154,9 +163,11 @@ class EventLog:
                 raise ValueError(f"event detail {key!r} is reserved ({reserved})")
             if isinstance(value, dict):
                 raise ValueError(f"event detail {key!r} must be flat, not a dict")
+        where = None if cgroup is None else str(cgroup)
         obj: dict[str, object] = {
             "ts": self.clock_wall(),
-            "slice": None if slice is None else str(slice),
+            "cgroup": where,
+            "slice": where,  # the old name of "cgroup", for one release (module docstring)
             "service": service,
             "kind": kind,
         }

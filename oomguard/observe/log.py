@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
 Format = Literal["kv", "json"]
-Level = Literal["debug", "info", "warn", "error"]
+LogLevel = Literal["debug", "info", "warn", "error"]
 
 
 class TextSink(Protocol):
@@ -161,7 +161,7 @@ class Logger:
         fmt: Format = "kv",
         clock_wall: Callable[[], float] = time.time,
         *,
-        min_level: Level = "info",
+        min_level: LogLevel = "info",
         timestamps: bool = True,
         context: Mapping[str, object] | None = None,
     ) -> None:
@@ -172,7 +172,7 @@ class Logger:
         self.stream = stream
         self.fmt: Format = fmt
         self.clock_wall = clock_wall
-        self.min_level: Level = min_level
+        self.min_level: LogLevel = min_level
         self.timestamps = timestamps
         self._context: dict[str, object] = dict(context or {})
         for key in self._context:
@@ -196,7 +196,7 @@ class Logger:
         child._lock = self._lock
         return child
 
-    def enabled(self, level: Level) -> bool:
+    def enabled(self, level: LogLevel) -> bool:
         return _LEVEL_RANK[level] >= _LEVEL_RANK[self.min_level]
 
     def debug(self, event: str, /, **fields: object) -> None:
@@ -211,7 +211,7 @@ class Logger:
     def error(self, event: str, /, **fields: object) -> None:
         self.log("error", event, **fields)
 
-    def log(self, level: Level, event: str, /, **fields: object) -> None:
+    def log(self, level: LogLevel, event: str, /, **fields: object) -> None:
         # Positional-only, so a field called "event"/"level" reaches the reserved-name check.
         if level not in _LEVEL_RANK:
             raise ValueError(f"log level {level!r} is not one of {', '.join(_LEVEL_RANK)}")
@@ -230,7 +230,7 @@ class Logger:
                 # than losing the supervisor that keeps the database alive.
                 self.dropped += 1
 
-    def format_line(self, level: Level, event: str, fields: Mapping[str, object]) -> str:
+    def format_line(self, level: LogLevel, event: str, fields: Mapping[str, object]) -> str:
         now = self.clock_wall()
         if self.fmt == "json":
             obj: dict[str, object] = {"ts": iso_utc(now), "level": level, "event": event}

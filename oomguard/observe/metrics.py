@@ -121,7 +121,8 @@ class SnapshotLike(Protocol):
 
 @dataclass(frozen=True)
 class _SliceRow:
-    slice: str
+    #: The cgroup's path under the mount (any cgroup of the tree, not only a [slice.X] budget).
+    cgroup: str
     #: False when the memory controller is off for this cgroup: then no memory figure is known
     #: (a None limit would otherwise read as "max") and none is exported.
     memory: bool
@@ -170,7 +171,7 @@ def _slice_row(s: SliceLike) -> _SliceRow:
     pressure = s.pressure
     full = pressure.full if pressure is not None else None
     return _SliceRow(
-        slice=str(s.path),
+        cgroup=str(s.path),
         memory=bool(s.memory),
         current=None if s.current is None else float(s.current),
         peak=None if s.peak is None else float(s.peak),
@@ -227,91 +228,113 @@ class _Collector:
         self.states = tuple(states)
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-
         pub = self.published  # read the reference once: one consistent publication per scrape
+        yield from _run_families(pub)
+        yield from _slice_families(pub)
+        yield from _service_families(pub, self.states)
 
-        def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Any:
-            return GaugeMetricFamily(name, doc, labels=list(labels))
 
-        info = gauge("oomguard_info", "oomguard build and run mode; always 1.", ["version", "mode"])
-        info.add_metric([__version__, pub.mode], 1.0)
-        yield info
-        degraded = gauge(
-            "oomguard_degraded",
-            "1 if oomguard runs without a slice tree (no limits, no pressure response)",
-        )
-        degraded.add_metric([], 1.0 if pub.degraded else 0.0)
-        yield degraded
+def _gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Any:
+    from prometheus_client.core import GaugeMetricFamily
 
-        current = gauge("oomguard_memory_current_bytes", "memory.current", ["slice"])
-        peak = gauge("oomguard_memory_peak_bytes", "memory.peak (kernel 5.19+)", ["slice"])
-        high = gauge("oomguard_memory_high_bytes", "memory.high; +Inf = max", ["slice"])
-        limit = gauge("oomguard_memory_max_bytes", "memory.max; +Inf = max", ["slice"])
-        events = CounterMetricFamily(
-            "oomguard_memory_events",
-            "memory.events (hierarchical: includes descendants)",
-            labels=["slice", "event"],
-        )
-        events_local = CounterMetricFamily(
-            "oomguard_memory_events_local",
-            "memory.events.local (this cgroup only)",
-            labels=["slice", "event"],
-        )
-        some = gauge("oomguard_pressure_some_avg10", "memory.pressure some avg10, %", ["slice"])
-        full = gauge("oomguard_pressure_full_avg10", "memory.pressure full avg10, %", ["slice"])
-        for row in pub.slices:
-            lv = [row.slice]
-            if row.some_avg10 is not None:
-                some.add_metric(lv, row.some_avg10)
-            if row.full_avg10 is not None:
-                full.add_metric(lv, row.full_avg10)
-            if not row.memory:
-                continue
-            if row.current is not None:
-                current.add_metric(lv, row.current)
-            if row.peak is not None:
-                peak.add_metric(lv, row.peak)
-            high.add_metric(lv, row.high)
-            limit.add_metric(lv, row.max)
-            for event, count in row.events:
-                events.add_metric([row.slice, event], float(count))
-            for event, count in row.events_local:
-                events_local.add_metric([row.slice, event], float(count))
-        yield from (current, peak, high, limit, events, events_local, some, full)
+    return GaugeMetricFamily(name, doc, labels=list(labels))
 
-        restarts = CounterMetricFamily(
-            "oomguard_service_restarts", "Restarts by oomguard", labels=["service"]
-        )
-        evictions = CounterMetricFamily(
-            "oomguard_service_evictions", "Evictions by oomguard", labels=["service"]
-        )
-        state = gauge("oomguard_service_state", "1 for the current state", ["service", "state"])
-        up = gauge("oomguard_service_up", "1 if the service is RUNNING", ["service"])
-        downtime = 0.0
-        for svc in pub.services:
-            restarts.add_metric([svc.service], float(svc.restarts))
-            evictions.add_metric([svc.service], float(svc.evictions))
-            known = self.states if svc.state in self.states else (*self.states, svc.state)
-            for name in known:
-                state.add_metric([svc.service, name], 1.0 if name == svc.state else 0.0)
-            up.add_metric([svc.service], 1.0 if svc.state in UP_STATES else 0.0)
-            if svc.primary:
-                downtime += svc.downtime_total
-        yield from (restarts, evictions, state, up)
-        yield CounterMetricFamily(
-            "oomguard_primary_downtime_seconds",
-            "Seconds the primary was not running since oomguard started",
-            value=downtime,
-        )
-        dropped = CounterMetricFamily(
-            "oomguard_output_dropped_lines",
-            "Output lines dropped because oomguard's stdout/stderr reader stalled",
-            labels=["source", "stream"],
-        )
-        for source, stream, lines in pub.output_dropped:
-            dropped.add_metric([source, stream], float(lines))
-        yield dropped
+
+def _counter(name: str, doc: str, labels: Sequence[str]) -> Any:
+    from prometheus_client.core import CounterMetricFamily
+
+    return CounterMetricFamily(name, doc, labels=list(labels))
+
+
+def _run_families(pub: _Published) -> Iterator[Any]:
+    info = _gauge("oomguard_info", "oomguard build and run mode; always 1.", ["version", "mode"])
+    info.add_metric([__version__, pub.mode], 1.0)
+    yield info
+    degraded = _gauge(
+        "oomguard_degraded",
+        "1 if oomguard runs without a slice tree (no limits, no pressure response)",
+    )
+    degraded.add_metric([], 1.0 if pub.degraded else 0.0)
+    yield degraded
+
+
+#: The labels of a per-cgroup series. "cgroup" is the cgroup's path under the mount; "slice" is
+#: that label's old name (the same value), kept for one release so that dashboards and alerts
+#: written against it keep working, then removed: "slice" is a config budget, and these series
+#: cover every cgroup of the tree (docs/metrics.md).
+_CGROUP_LABELS = ("cgroup", "slice")
+
+
+def _slice_families(pub: _Published) -> Iterator[Any]:
+    per_cgroup = list(_CGROUP_LABELS)
+    current = _gauge("oomguard_memory_current_bytes", "memory.current", per_cgroup)
+    peak = _gauge("oomguard_memory_peak_bytes", "memory.peak (kernel 5.19+)", per_cgroup)
+    high = _gauge("oomguard_memory_high_bytes", "memory.high; +Inf = max", per_cgroup)
+    limit = _gauge("oomguard_memory_max_bytes", "memory.max; +Inf = max", per_cgroup)
+    events = _counter(
+        "oomguard_memory_events",
+        "memory.events (hierarchical: includes descendants)",
+        [*per_cgroup, "event"],
+    )
+    events_local = _counter(
+        "oomguard_memory_events_local",
+        "memory.events.local (this cgroup only)",
+        [*per_cgroup, "event"],
+    )
+    some = _gauge("oomguard_pressure_some_avg10", "memory.pressure some avg10, %", per_cgroup)
+    full = _gauge("oomguard_pressure_full_avg10", "memory.pressure full avg10, %", per_cgroup)
+    for row in pub.slices:
+        lv = [row.cgroup, row.cgroup]
+        if row.some_avg10 is not None:
+            some.add_metric(lv, row.some_avg10)
+        if row.full_avg10 is not None:
+            full.add_metric(lv, row.full_avg10)
+        if not row.memory:
+            continue
+        if row.current is not None:
+            current.add_metric(lv, row.current)
+        if row.peak is not None:
+            peak.add_metric(lv, row.peak)
+        high.add_metric(lv, row.high)
+        limit.add_metric(lv, row.max)
+        for event, count in row.events:
+            events.add_metric([*lv, event], float(count))
+        for event, count in row.events_local:
+            events_local.add_metric([*lv, event], float(count))
+    yield from (current, peak, high, limit, events, events_local, some, full)
+
+
+def _service_families(pub: _Published, states: tuple[str, ...]) -> Iterator[Any]:
+    restarts = _counter("oomguard_service_restarts", "Restarts by oomguard", ["service"])
+    evictions = _counter("oomguard_service_evictions", "Evictions by oomguard", ["service"])
+    state = _gauge("oomguard_service_state", "1 for the current state", ["service", "state"])
+    up = _gauge("oomguard_service_up", "1 if the service is RUNNING", ["service"])
+    downtime = 0.0
+    for svc in pub.services:
+        restarts.add_metric([svc.service], float(svc.restarts))
+        evictions.add_metric([svc.service], float(svc.evictions))
+        known = states if svc.state in states else (*states, svc.state)
+        for name in known:
+            state.add_metric([svc.service, name], 1.0 if name == svc.state else 0.0)
+        up.add_metric([svc.service], 1.0 if svc.state in UP_STATES else 0.0)
+        if svc.primary:
+            downtime += svc.downtime_total
+    yield from (restarts, evictions, state, up)
+    from prometheus_client.core import CounterMetricFamily
+
+    yield CounterMetricFamily(
+        "oomguard_primary_downtime_seconds",
+        "Seconds the primary was not running since oomguard started",
+        value=downtime,
+    )
+    dropped = _counter(
+        "oomguard_output_dropped_lines",
+        "Output lines dropped because oomguard's stdout/stderr reader stalled",
+        ["source", "stream"],
+    )
+    for source, stream, lines in pub.output_dropped:
+        dropped.add_metric([source, stream], float(lines))
+    yield dropped
 
 
 # -- the HTTP server ---------------------------------------------------------------------------

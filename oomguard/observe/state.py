@@ -28,12 +28,14 @@ normally /run (tmpfs, where fsync is a no-op), and on a disk the file is worthle
 reboot anyway (its pid is dead), so paying milliseconds per state change for durability buys
 nothing. The one cost: after a power loss on a disk filesystem the file may be empty or old;
 `read_state` reports that as an error naming the file rather than trusting it.
+
+``version`` is the major format version; what a reader does with it is in observe/statefile.py,
+the one reader.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 from pathlib import Path
@@ -41,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Literal, NotRequired, TypedDict
 
 from oomguard import proc
 from oomguard.errors import OomguardError
+from oomguard.observe import statefile
 from oomguard.observe.statedir import StateDir, check_path
 
 if TYPE_CHECKING:
@@ -48,13 +51,8 @@ if TYPE_CHECKING:
 
     from oomguard.cgroup.path import CgroupPath
 
-#: Where state.json and events.jsonl live unless ``[oomguard] state_dir`` (or
-#: ``--state-dir`` / ``$OOMGUARD_STATE_DIR``) says otherwise.
-DEFAULT_STATE_DIR = Path("/run/oomguard")
-STATE_FILE = "state.json"
-STATE_VERSION = 1
-#: A state.json is a few KiB; reading more is a sign it is not ours.
-_READ_LIMIT = 16 << 20
+STATE_FILE = statefile.STATE_FILE
+STATE_VERSION = statefile.STATE_VERSION
 #: The tree ownership ledger (fallback marker, see cgroup/tree.py).
 TREE_FILE = "tree.json"
 
@@ -146,7 +144,9 @@ class TreeLedger:
             return
 
 
-def make_state(
+# Eight arguments (PLR0913): keyword-only, one per field of the document, each named at the
+# call; a parameter object would only repeat the document's own TypedDict.
+def make_state(  # noqa: PLR0913
     *,
     root: str,
     mode: str,
@@ -195,50 +195,9 @@ def write_state(state_dir: Path | StateDir, data: Mapping[str, Any]) -> None:
 
 
 def read_state(state_dir: Path) -> dict[str, Any] | None:
-    """The current state document, or None if there is none (no state dir or no state.json).
-
-    Raises `OomguardError` if the file exists but cannot be used: unreadable, not JSON (a power
-    loss on a disk filesystem, see module docstring), or a version this oomguard does not know.
-    """
-    path = state_path(state_dir)
-    try:
-        # O_NOFOLLOW: `oomguard status` may run as root; a planted link must not make it read
-        # (and quote) whatever the link names.
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        with os.fdopen(fd, "rb") as f:
-            text = f.read(_READ_LIMIT).decode("utf-8", "replace")
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        return None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            raise OomguardError(
-                f"{path} is a symlink; oomguard never reads or writes state through one",
-                hint="remove it, and check who could create it in the state_dir",
-            ) from err
-        if isinstance(err, PermissionError):
-            raise OomguardError(
-                f"cannot read {path}: permission denied",
-                hint="run as root or as the user oomguard runs as",
-            ) from err
-        raise OomguardError(f"cannot read {path}: {err.strerror or err}") from err
-    try:
-        data = json.loads(text)
-    except ValueError as err:
-        raise OomguardError(
-            f"{path} is not valid JSON ({err})",
-            hint="a running oomguard rewrites it on every change; if none is running, delete it",
-        ) from err
-    if not isinstance(data, dict):
-        raise OomguardError(f"{path} does not hold a JSON object", hint="delete it")
-    version = data.get("version")
-    if version != STATE_VERSION:
-        raise OomguardError(
-            f"{path} has format version {version!r}; this oomguard reads version {STATE_VERSION}",
-            hint="use the oomguard binary that matches the running supervisor",
-        )
-    return data
+    """The current state document, or None if there is none; raises `StateFileError` or
+    `StateVersionError` (observe/statefile.py, the one reader of state.json)."""
+    return statefile.read_state(state_dir)
 
 
 def remove_state(state_dir: Path) -> None:

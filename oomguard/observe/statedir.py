@@ -31,11 +31,12 @@ import stat
 from pathlib import Path
 
 from oomguard.errors import StateDirError
+from oomguard.paths import STATE_DIR
 
 LOCK_FILE = "lock"
 #: Root's state directories live here ([oomguard] state_dir's default; exec's per-run ones
-#: below it).
-DEFAULT_ROOT_BASE = Path("/run/oomguard")
+#: below it): oomguard.paths.STATE_DIR as a Path.
+DEFAULT_ROOT_BASE = Path(STATE_DIR)
 #: The mode a new state directory gets (see module doc for why not 0700).
 DIR_MODE = 0o755
 #: Directories that are never a state_dir: the system's own, and shared world-writable ones.
@@ -75,7 +76,7 @@ def state_dir_hint() -> str:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         where = f"{runtime}/oomguard" if runtime else "$XDG_RUNTIME_DIR/oomguard"
         return f"set [oomguard] state_dir (or --state-dir) to a directory of your own, e.g. {where}"
-    return "set [oomguard] state_dir (or --state-dir) to a directory of its own, e.g. /run/oomguard"
+    return f"set [oomguard] state_dir (or --state-dir) to a directory of its own, e.g. {STATE_DIR}"
 
 
 def _refuse(message: str) -> StateDirError:

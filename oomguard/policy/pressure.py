@@ -151,7 +151,7 @@ class PressureState:
         return self.pressured_since is not None or bool(self.evicted)
 
 
-class Level(Enum):
+class PressureLevel(Enum):
     PRESSURED = "pressured"
     NEUTRAL = "neutral"
     CLEAR = "clear"
@@ -196,7 +196,7 @@ def headroom(sample: BudgetSample) -> float | None:
     return (sample.limit - sample.current) / sample.limit
 
 
-def classify(sample: BudgetSample, thresholds: Thresholds) -> tuple[Level, str]:
+def classify(sample: BudgetSample, thresholds: Thresholds) -> tuple[PressureLevel, str]:
     """The rule in the module docstring; the reason names the signals, e.g. ``headroom+high``."""
     room = headroom(sample)
     low = room is not None and room < thresholds.headroom_min
@@ -218,10 +218,10 @@ def classify(sample: BudgetSample, thresholds: Thresholds) -> tuple[Level, str]:
     if psi_high:
         signals.append("psi_avg10")
     if signals:
-        return Level.PRESSURED, "+".join(signals)
+        return PressureLevel.PRESSURED, "+".join(signals)
     if not low and not psi_high and not sample.psi_fired:
-        return Level.CLEAR, ""
-    return Level.NEUTRAL, ""
+        return PressureLevel.CLEAR, ""
+    return PressureLevel.NEUTRAL, ""
 
 
 def evaluate(
@@ -241,20 +241,20 @@ def evaluate(
         state,
         pressured_since=(
             (state.pressured_since if state.pressured_since is not None else now)
-            if level is Level.PRESSURED
+            if level is PressureLevel.PRESSURED
             else None
         ),
         clear_since=(
             (state.clear_since if state.clear_since is not None else now)
-            if level is Level.CLEAR
+            if level is PressureLevel.CLEAR
             else None
         ),
     )
     cooled = state.last_action_at is None or now - state.last_action_at >= thresholds.cooldown
     action: Evict | Restore | ControlledRestart | None = None
-    if level is Level.PRESSURED and cooled:
+    if level is PressureLevel.PRESSURED and cooled:
         new, action = _relieve(new, sample, thresholds, now, reason=reason, primary=primary)
-    elif level is Level.CLEAR and cooled and new.evicted:
+    elif level is PressureLevel.CLEAR and cooled and new.evicted:
         assert new.clear_since is not None
         if now - new.clear_since >= thresholds.hysteresis:
             name = new.evicted[-1]

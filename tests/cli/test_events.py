@@ -64,11 +64,19 @@ def test_human_output(capsys: pytest.CaptureFixture[str], state_dir: Path) -> No
     code, out, err = run(capsys, "--state-dir", str(state_dir))
     assert code == 0 and err == ""
     assert out.splitlines() == [
+        # A log written before "slice" was renamed "cgroup" prints like a new one.
         "2026-11-25T22:31:02Z  backup   oom_kill  "
-        "slice=/oomguard/sidecars/backup delta=1 current=64M max=64M",
+        "cgroup=/oomguard/sidecars/backup delta=1 current=64M max=64M",
         "2026-11-25T22:31:03Z  backup   restart   reason=oom_kill attempt=3 delay=0.4s",
         '2026-11-25T22:31:04Z  db       start     pid=123 note="two words"',
     ]
+
+
+def test_a_new_event_shows_its_cgroup_once() -> None:
+    event = {"ts": T0, "kind": "exit", "service": "db", "cgroup": "/og/db", "slice": "/og/db"}
+    assert format_event({**event, "code": 0}) == (
+        "2026-11-25T22:31:02Z  db       exit      cgroup=/og/db code=0"
+    )
 
 
 def test_format_event_edge_cases() -> None:

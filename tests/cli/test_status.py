@@ -11,10 +11,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from click.testing import CliRunner
 
 from oomguard.cgroup.path import CgroupPath
 from oomguard.cli import status
+from oomguard.observe import statefile
 from tests.observe.test_snapshot import build_tree
 
 if TYPE_CHECKING:
@@ -35,6 +35,7 @@ def write_state(state_dir: Path, doc: dict[str, Any] | str) -> None:
 
 
 STATE = {
+    "version": 1,
     "services": {
         "db": {
             "state": "RUNNING",
@@ -54,11 +55,9 @@ STATE = {
 
 
 def run(args: list[str]) -> tuple[int, str]:
-    res = CliRunner().invoke(status.command, args, standalone_mode=False)
-    if res.exception is not None:
-        raise res.exception
-    assert isinstance(res.return_value, int)
-    return res.return_value, res.output
+    out: list[str] = []
+    rc = status.execute(args, echo=out.append)
+    return rc, "".join(line + "\n" for line in out)
 
 
 def test_table_shows_every_slice_and_figure(tree: Path, tmp_path: Path) -> None:
@@ -114,7 +113,7 @@ def test_json_carries_full_data_and_merged_state(tree: Path, tmp_path: Path) -> 
 
 
 def test_root_defaults_to_the_one_in_state_json(tree: Path, tmp_path: Path) -> None:
-    write_state(tmp_path / "s", {"root": "/oomguard/sidecars", "services": {}})
+    write_state(tmp_path / "s", {"version": 1, "root": "/oomguard/sidecars", "services": {}})
     rc, out = run(["--json", "--mount", str(tree), "--state-dir", str(tmp_path / "s")])
     assert rc == 0
     data = json.loads(out)
@@ -169,15 +168,46 @@ def test_broken_state_json_still_shows_the_tree(
     assert "db" in out
 
 
+def test_a_newer_state_format_is_refused_with_exit_2(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: status read any version and showed figures it may misread.
+    write_state(tmp_path / "s", {**STATE, "version": 2})
+    args = ["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path / "s")]
+    assert status.main(args) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (
+        f"oomguard: error: {tmp_path / 's' / 'state.json'} has format version 2, written by a "
+        "newer oomguard; this oomguard reads version 1"
+    )
+    assert err[1].startswith("oomguard: hint: run the oomguard binary of the running supervisor")
+
+
+@pytest.mark.parametrize(
+    ("version", "shown"), [(None, "None"), (0, "0"), ("1", "'1'"), (True, "True")]
+)
+def test_a_state_file_without_this_version_is_a_problem_not_a_crash(
+    tree: Path, tmp_path: Path, version: object, shown: str
+) -> None:
+    doc = {k: v for k, v in STATE.items() if k != "version"}
+    if version is not None:
+        doc["version"] = version
+    write_state(tmp_path / "s", doc)
+    rc, out = run(["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path / "s")])
+    assert rc == 0
+    assert f"has format version {shown}; this oomguard reads version 1" in out.splitlines()[1]
+    assert "db:RUNNING" not in out  # the services of a document it cannot read are not shown
+
+
 def test_writer_running_uses_pid_start_against_reuse() -> None:
     me = os.getpid()
-    ticks = status._start_ticks(me)
+    ticks = statefile.start_ticks(me)
     assert ticks is not None
-    assert status.writer_running({"pid": me, "pid_start": ticks}) is True
-    assert status.writer_running({"pid": me, "pid_start": ticks + 1}) is False  # pid reused
-    assert status.writer_running({"pid": me}) is True
-    assert status.writer_running({"pid": 4194999}) is False
-    assert status.writer_running({"pid": "x"}) is None
+    assert statefile.writer_running({"pid": me, "pid_start": ticks}) is True
+    assert statefile.writer_running({"pid": me, "pid_start": ticks + 1}) is False  # pid reused
+    assert statefile.writer_running({"pid": me}) is True
+    assert statefile.writer_running({"pid": 4194999}) is False
+    assert statefile.writer_running({"pid": "x"}) is None
 
 
 def test_stale_state_is_flagged(tree: Path, tmp_path: Path) -> None:
@@ -249,13 +279,13 @@ def test_status_imports_no_dataclasses(tree: Path, tmp_path: Path, root_args: li
     assert f"DISCOVER={not root_args}\n" in proc.stderr, proc.stderr
 
 
-# ------------------------------------------------------------------ the click-free fast path
+# ------------------------------------------------------------------- the command line (no click)
 
 
-def test_parse_fast_plain_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_parse_args_plain_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OOMGUARD_STATE_DIR", raising=False)
     monkeypatch.setenv("OOMGUARD_CGROUP_MOUNT", "/m")
-    assert status.parse_fast(["--json", "--root", "/a", "--state-dir=/s"]) == {
+    assert status.parse_args(["--json", "--root", "/a", "--state-dir=/s"]) == {
         "as_json": True,
         "root_opt": "/a",
         "state_dir": "/s",
@@ -263,7 +293,7 @@ def test_parse_fast_plain_forms(monkeypatch: pytest.MonkeyPatch) -> None:
     }
     monkeypatch.setenv("OOMGUARD_STATE_DIR", "")  # empty counts as unset, as in click
     monkeypatch.delenv("OOMGUARD_CGROUP_MOUNT")
-    assert status.parse_fast([]) == {
+    assert status.parse_args([]) == {
         "as_json": False,
         "root_opt": None,
         "state_dir": "/run/oomguard",
@@ -272,43 +302,78 @@ def test_parse_fast_plain_forms(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [["--help"], ["-h"], ["--json=1"], ["--root"], ["--bogus"], ["extra"], ["--roo", "/x"]],
+    ("argv", "message", "hint"),
+    [
+        (["--json=1"], "--json takes no value", "write --json alone"),
+        (["--root"], "--root needs a value", "write --root PATH"),
+        (["--bogus"], "has no option --bogus", "`oomguard status --help`"),
+        (["extra"], "takes no argument 'extra'", "`oomguard status --help`"),
+        (["--roo", "/x"], "has no option --roo", "did you mean --root?"),
+    ],
 )
-def test_parse_fast_leaves_everything_else_to_click(argv: list[str]) -> None:
-    assert status.parse_fast(argv) is None
-    assert status.fast_main(argv) is None
+def test_a_wrong_argument_is_a_usage_error_naming_it(
+    argv: list[str], message: str, hint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from oomguard.errors import UsageError
+
+    with pytest.raises(UsageError) as exc:
+        status.parse_args(argv)
+    assert message in exc.value.message
+    assert exc.value.hint is not None and hint in exc.value.hint
+    assert status.main(argv) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err == [f"oomguard: error: {exc.value.message}", f"oomguard: hint: {exc.value.hint}"]
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_lists_every_option(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert status.parse_args(["--json", flag]) is None
+    assert status.main([flag]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("Usage: oomguard status [OPTIONS]")
+    for opt in status.OPTIONS:
+        assert (opt.flag in out) is not opt.hidden
+    assert "OOMGUARD_STATE_DIR" in out and "/run/oomguard" in out
 
 
 @pytest.mark.parametrize("extra", [[], ["--json"]])
-def test_fast_path_prints_what_the_click_command_prints(
+def test_every_entry_prints_what_the_command_renders(
     tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str]
 ) -> None:
+    """main() (the program), the click group's pass-through and execute() print the same."""
+    from oomguard.cli.app import run as run_click
+
     args = ["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path), *extra]
-    assert status.fast_main(args) == 0
-    fast = capsys.readouterr().out
-    rc, via_click = run(args)
+    assert status.main(args) == 0
+    direct = capsys.readouterr().out
+    assert run_click(["status", *args]) == 0
+    via_group = capsys.readouterr().out
+    rc, rendered = run(args)
     assert rc == 0
-    # This test process is in the fake tree: its RSS may change between the two runs.
+    # This test process is in the fake tree: its RSS may change between the runs.
     rss = re.compile(r'"rss_bytes": \d+')
-    assert rss.sub("", fast) == rss.sub("", via_click)
+    assert rss.sub("", direct) == rss.sub("", rendered) == rss.sub("", via_group)
 
 
-def test_fast_path_reports_errors_like_main(
+def test_main_reports_errors_like_every_command(
     tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rc = status.fast_main(["--mount", str(tree), "--root", "/nope", "--state-dir", str(tmp_path)])
-    assert rc == 1
+    from oomguard.cli.app import run as run_click
+
+    args = ["--mount", str(tree), "--root", "/nope", "--state-dir", str(tmp_path)]
+    assert status.main(args) == 1
     err = capsys.readouterr().err.splitlines()
     assert err[0].startswith("oomguard: error: cgroup /nope does not exist under")
     assert err[1].startswith("oomguard: hint: ")
+    assert run_click(["status", *args]) == 1
+    assert capsys.readouterr().err.splitlines() == err
 
 
-def test_fast_path_does_not_import_click(tree: Path, tmp_path: Path) -> None:
+def test_status_does_not_import_click(tree: Path, tmp_path: Path) -> None:
     probe = (
         "import sys\n"
-        "from oomguard.cli.status import fast_main\n"
-        "rc = fast_main(sys.argv[1:])\n"
+        "from oomguard.cli.status import main\n"
+        "rc = main(sys.argv[1:])\n"
         "sys.stderr.write(f'rc={rc} click={\"click\" in sys.modules}\\n')\n"
     )
     args = ["--mount", str(tree), "--root", "/oomguard", "--state-dir", str(tmp_path)]
@@ -390,7 +455,7 @@ def test_degraded_json_lists_every_service(tmp_path: Path) -> None:
 
 def test_degraded_with_a_running_writer_shows_live_rss(tmp_path: Path) -> None:
     me = os.getpid()
-    doc = {**DEGRADED, "pid": me, "pid_start": status._start_ticks(me)}
+    doc = {**DEGRADED, "pid": me, "pid_start": statefile.start_ticks(me)}
     doc["services"] = {"db": {**DEGRADED["services"]["db"], "pid": me}}
     write_state(tmp_path / "s", doc)
     rc, out = run(["--json", "--state-dir", str(tmp_path / "s")])
@@ -421,8 +486,8 @@ def test_degraded_status_imports_no_pydantic_or_click(tmp_path: Path) -> None:
     write_state(tmp_path / "s", DEGRADED)
     probe = (
         "import sys\n"
-        "from oomguard.cli.status import fast_main\n"
-        "rc = fast_main(sys.argv[1:])\n"
+        "from oomguard.cli.status import main\n"
+        "rc = main(sys.argv[1:])\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'click'))\n"
         "sys.stderr.write(f'rc={rc} bad={bad}\\n')\n"
     )
@@ -459,12 +524,10 @@ def test_no_cgroup2_mount_and_no_state_points_at_the_state_dir(
 
 
 def test_a_symlinked_state_json_is_not_read(tmp_path: Path) -> None:
-    from oomguard.cli.status import read_state_file
-
     target = tmp_path / "target.json"
-    target.write_text('{"services": {}, "secret": "x"}')
+    target.write_text('{"version": 1, "services": {}, "secret": "x"}')
     (tmp_path / "state.json").symlink_to(target)
-    doc, problem = read_state_file(str(tmp_path / "state.json"))
+    doc, problem = status.read_state_problem(str(tmp_path))
     assert doc is None
     assert problem is not None and "symlink" in problem
 
@@ -473,7 +536,5 @@ def test_root_escaping_the_mount_is_a_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Before: exit 1 (a runtime failure) for what is a bad option value.
-    from oomguard.cli.status import fast_main
-
-    assert fast_main(["--root", "../..", "--mount", str(tmp_path)]) == 2
+    assert status.main(["--root", "../..", "--mount", str(tmp_path)]) == 2
     assert "--root" in capsys.readouterr().err

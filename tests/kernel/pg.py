@@ -2,7 +2,8 @@
 (tools/bench_postgres.py): a throwaway cluster made by examples/postgres/init-db.sh, the example
 config with its paths pointed at that cluster, and clients that report what committed.
 
-Stdlib only (plus the repo): tools/bench_postgres.py imports this module outside pytest.
+Stdlib only (plus the repo): tools/bench_postgres.py imports this module outside pytest (as
+`tests.kernel.pg`: the benches run as `python3 -m tools.NAME` from the repository root).
 
 Every client talks over the unix socket in ``<base>/run`` as user ``postgres`` (the cluster
 trusts local connections): port 5432 is PostgreSQL itself, 6432 is pgbouncer.

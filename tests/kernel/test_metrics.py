@@ -92,6 +92,10 @@ def test_metrics_endpoint_serves_every_documented_metric_with_plausible_values(
     # Memory, per slice: the primary holds fakedb's 32 MB; the budget has its memory.max and
     # the memory.high oomguard put under it; unset limits are +Inf, not absent.
     assert v("oomguard_memory_current_bytes", slice=db) >= 32 * MiB
+    # Every per-cgroup series has `cgroup`, and `slice` (its old name, kept one release) equal.
+    per_cgroup = [labels for labels, _ in samples["oomguard_memory_current_bytes"]]
+    assert {labels["cgroup"] for labels in per_cgroup} >= {root, db, sidecars, leaky}, per_cgroup
+    assert all(labels["cgroup"] == labels["slice"] for labels in per_cgroup), per_cgroup
     assert v("oomguard_memory_current_bytes", slice=sidecars) >= 16 * MiB
     assert v("oomguard_memory_max_bytes", slice=sidecars) == 128 * MiB
     auto_high = v("oomguard_memory_high_bytes", slice=sidecars)

@@ -50,16 +50,17 @@ def test_append_writes_one_json_object_per_line(tmp_path: Path) -> None:
     clock = Clock(1795645862.5)
     with EventLog(tmp_path, clock_wall=clock) as log:
         assert log.append(
-            "oom_kill", service="backup", slice=FakePath(), delta=1, current=64 << 20, max=None
+            "oom_kill", service="backup", cgroup=FakePath(), delta=1, current=64 << 20, max=None
         )
         assert log.append("restart", service="backup", reason=Reason.OOM, attempt=3, delay=0.4)
     raw = lines(tmp_path / EVENTS_FILE)
     assert len(raw) == 2
     first = json.loads(raw[0])
-    assert list(first)[:4] == ["ts", "slice", "service", "kind"]
+    assert list(first)[:5] == ["ts", "cgroup", "slice", "service", "kind"]
     assert first == {
         "ts": 1795645862.5,
-        "slice": "/oomguard/sidecars/backup",
+        "cgroup": "/oomguard/sidecars/backup",
+        "slice": "/oomguard/sidecars/backup",  # the old name, kept one release
         "service": "backup",
         "kind": "oom_kill",
         "delta": 1,
@@ -67,7 +68,18 @@ def test_append_writes_one_json_object_per_line(tmp_path: Path) -> None:
         "max": None,
     }
     assert json.loads(raw[1])["reason"] == "OOM"  # Enum -> member name
+    assert json.loads(raw[1])["cgroup"] is None
     assert json.loads(raw[1])["slice"] is None
+
+
+def test_the_old_keyword_still_names_the_cgroup(tmp_path: Path) -> None:
+    with EventLog(tmp_path) as log:
+        assert log.append("exit", service="db", slice="/og/db", code=0)
+        with pytest.raises(ValueError, match="reserved"):
+            log.append("exit", service="db", cgroup="/og/db", slice="/og/db")
+    (event,) = [json.loads(line) for line in lines(tmp_path / EVENTS_FILE)]
+    assert event["cgroup"] == event["slice"] == "/og/db"
+    assert "code" in event
 
 
 def test_a_detail_with_a_newline_stays_on_one_line(tmp_path: Path) -> None:
@@ -280,7 +292,8 @@ def test_follower_waits_for_the_rest_of_a_partial_line(tmp_path: Path) -> None:
 
 
 def test_follower_survives_rotation_without_loss_or_repeat(tmp_path: Path) -> None:
-    log = EventLog(tmp_path, max_bytes=300)
+    # ~85-byte lines: four or so to a file, so a read every 7 events crosses a rotation.
+    log = EventLog(tmp_path, max_bytes=360)
     follower = EventFollower(tmp_path, from_start=True)
     seen: list[int] = []
     for i in range(30):
@@ -294,8 +307,8 @@ def test_follower_survives_rotation_without_loss_or_repeat(tmp_path: Path) -> No
 
 
 def test_follower_lagging_two_rotations_reads_the_generation_in_between(tmp_path: Path) -> None:
-    # Fixed clock: every line is the same 59 bytes, so each file holds exactly two events.
-    log = EventLog(tmp_path, max_bytes=130, clock_wall=Clock(1000.0))
+    # Fixed clock: every line is the same 73 bytes, so each file holds exactly two events.
+    log = EventLog(tmp_path, max_bytes=160, clock_wall=Clock(1000.0))
     follower = EventFollower(tmp_path, from_start=True)
     log.append("t", i=0)
     assert [e["i"] for e in follower.read_new()] == [0]

@@ -127,6 +127,11 @@ def scrape(m: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return samples
 
 
+def at(path: str) -> dict[str, str]:
+    """The labels of a per-cgroup series: cgroup, and slice, its old name (kept one release)."""
+    return {"cgroup": path, "slice": path}
+
+
 def get(
     samples: dict[tuple[str, tuple[tuple[str, str], ...]], float], name: str, **labels: str
 ) -> float:
@@ -150,22 +155,23 @@ def test_slice_metrics(metrics: Metrics) -> None:
     metrics.publish(TREE, SERVICES)
     s = scrape(metrics)
     root, backup = "/oomguard", "/oomguard/sidecars/backup"
-    assert get(s, "oomguard_memory_current_bytes", slice=root) == 300 << 20
-    assert get(s, "oomguard_memory_current_bytes", slice=backup) == 64 << 20
-    assert get(s, "oomguard_memory_peak_bytes", slice=root) == 400 << 20
-    assert ("oomguard_memory_peak_bytes", (("slice", backup),)) not in s
-    assert get(s, "oomguard_memory_high_bytes", slice=root) == math.inf  # "max"
-    assert get(s, "oomguard_memory_high_bytes", slice=backup) == 56 << 20
-    assert get(s, "oomguard_memory_max_bytes", slice=root) == 1 << 30
-    assert get(s, "oomguard_memory_max_bytes", slice=backup) == 64 << 20
-    assert get(s, "oomguard_memory_events_total", slice=root, event="oom_kill") == 1
-    assert get(s, "oomguard_memory_events_total", slice=root, event="max") == 2
-    assert get(s, "oomguard_memory_events_local_total", slice=root, event="oom_kill") == 0
-    assert get(s, "oomguard_memory_events_local_total", slice=backup, event="oom_kill") == 1
-    assert get(s, "oomguard_pressure_some_avg10", slice=root) == 1.5
-    assert get(s, "oomguard_pressure_full_avg10", slice=root) == 0.25
-    assert get(s, "oomguard_pressure_some_avg10", slice=backup) == 12.0
-    assert ("oomguard_pressure_full_avg10", (("slice", backup),)) not in s
+    assert get(s, "oomguard_memory_current_bytes", cgroup=root, slice=root) == 300 << 20
+    assert get(s, "oomguard_memory_current_bytes", **at(root)) == 300 << 20
+    assert get(s, "oomguard_memory_current_bytes", **at(backup)) == 64 << 20
+    assert get(s, "oomguard_memory_peak_bytes", **at(root)) == 400 << 20
+    assert ("oomguard_memory_peak_bytes", (("cgroup", backup), ("slice", backup))) not in s
+    assert get(s, "oomguard_memory_high_bytes", **at(root)) == math.inf  # "max"
+    assert get(s, "oomguard_memory_high_bytes", **at(backup)) == 56 << 20
+    assert get(s, "oomguard_memory_max_bytes", **at(root)) == 1 << 30
+    assert get(s, "oomguard_memory_max_bytes", **at(backup)) == 64 << 20
+    assert get(s, "oomguard_memory_events_total", **at(root), event="oom_kill") == 1
+    assert get(s, "oomguard_memory_events_total", **at(root), event="max") == 2
+    assert get(s, "oomguard_memory_events_local_total", **at(root), event="oom_kill") == 0
+    assert get(s, "oomguard_memory_events_local_total", **at(backup), event="oom_kill") == 1
+    assert get(s, "oomguard_pressure_some_avg10", **at(root)) == 1.5
+    assert get(s, "oomguard_pressure_full_avg10", **at(root)) == 0.25
+    assert get(s, "oomguard_pressure_some_avg10", **at(backup)) == 12.0
+    assert ("oomguard_pressure_full_avg10", (("cgroup", backup), ("slice", backup))) not in s
 
 
 def test_a_slice_without_the_memory_controller_exports_no_memory_figures(
@@ -173,6 +179,7 @@ def test_a_slice_without_the_memory_controller_exports_no_memory_figures(
 ) -> None:
     metrics.publish(TREE, {})
     s = scrape(metrics)
+    assert not [key for key in s if ("cgroup", "/oomguard/nomem") in key[1]]
     assert not [key for key in s if ("slice", "/oomguard/nomem") in key[1]]
 
 
@@ -220,7 +227,7 @@ def test_publish_copies_its_input(metrics: Metrics) -> None:
     events["oom_kill"] = 99
     services["db"]["restarts"] = 99
     s = scrape(metrics)
-    assert get(s, "oomguard_memory_events_total", slice="/a", event="oom_kill") == 1
+    assert get(s, "oomguard_memory_events_total", cgroup="/a", slice="/a", event="oom_kill") == 1
     assert get(s, "oomguard_service_restarts_total", service="db") == 1
 
 
@@ -258,8 +265,9 @@ def test_the_real_snapshot_types_are_accepted(metrics: Metrics) -> None:
     )  # fmt: skip
     metrics.publish(snapshot.TreeSnapshot(root=CgroupPath.parse("/oomguard"), slices=[sl]), {})
     s = scrape(metrics)
-    assert get(s, "oomguard_memory_max_bytes", slice="/oomguard/db") == 100
-    assert get(s, "oomguard_memory_events_local_total", slice="/oomguard/db", event="oom_kill") == 3
+    db = {"cgroup": "/oomguard/db", "slice": "/oomguard/db"}  # slice: the old name, one release
+    assert get(s, "oomguard_memory_max_bytes", **db) == 100
+    assert get(s, "oomguard_memory_events_local_total", **db, event="oom_kill") == 3
 
 
 def test_every_exported_name_is_documented(metrics: Metrics) -> None:

@@ -23,6 +23,7 @@ from oomguard.observe.state import (
     write_state,
     writer_alive,
 )
+from oomguard.observe.statefile import StateFileError, StateVersionError
 
 if TYPE_CHECKING:
     from oomguard.observe.state import ServiceState
@@ -153,7 +154,15 @@ def test_invalid_json_is_an_error_naming_the_file(tmp_path: Path) -> None:
 
 def test_wrong_version_or_shape_is_an_error(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).write_text(json.dumps({"version": 2}))
-    with pytest.raises(OomguardError, match="version 2"):
+    with pytest.raises(StateVersionError, match="version 2, written by a newer oomguard") as new:
+        read_state(tmp_path)
+    assert new.value.exit_code == 2
+    (tmp_path / STATE_FILE).write_text(json.dumps({"version": 0}))
+    with pytest.raises(StateFileError, match="version 0; this oomguard reads version 1") as old:
+        read_state(tmp_path)
+    assert old.value.exit_code == 1
+    (tmp_path / STATE_FILE).write_text(json.dumps({"version": 1, "services": []}))
+    with pytest.raises(StateFileError, match="'services' is not an object"):
         read_state(tmp_path)
     (tmp_path / STATE_FILE).write_text("[1]")
     with pytest.raises(OomguardError, match="JSON object"):

@@ -14,9 +14,9 @@ from oomguard.policy.pressure import (
     Evict,
     FollowReading,
     Group,
-    Level,
     Member,
     PressureAction,
+    PressureLevel,
     PressureState,
     PrimarySample,
     Restore,
@@ -76,27 +76,35 @@ def names(actions: list[PressureAction]) -> list[str]:
 @pytest.mark.parametrize(
     ("s", "level", "reason"),
     [
-        (sample(current=950 * MiB, high_delta=1), Level.PRESSURED, "headroom+high"),
-        (sample(current=950 * MiB, fired=True), Level.PRESSURED, "headroom+psi_trigger"),
+        (sample(current=950 * MiB, high_delta=1), PressureLevel.PRESSURED, "headroom+high"),
+        (sample(current=950 * MiB, fired=True), PressureLevel.PRESSURED, "headroom+psi_trigger"),
         (
             sample(current=950 * MiB, high_delta=2, fired=True, psi=30.0),
-            Level.PRESSURED,
+            PressureLevel.PRESSURED,
             "headroom+high+psi_trigger+psi_avg10",
         ),
-        (sample(psi=25.0), Level.PRESSURED, "psi_avg10"),
-        (sample(limit=None, psi=25.0), Level.PRESSURED, "psi_avg10"),
-        (sample(current=950 * MiB), Level.NEUTRAL, ""),  # low headroom alone: the page cache
-        (sample(fired=True), Level.NEUTRAL, ""),  # a trigger with ample headroom
-        (sample(high_delta=5), Level.CLEAR, ""),  # a member throttled at its own memory.high
-        (sample(psi=20.0), Level.CLEAR, ""),  # at the threshold is not above it
-        (sample(limit=None, psi=None, high_delta=9), Level.CLEAR, ""),
-        (sample(current=1100 * MiB, high_delta=1), Level.PRESSURED, "headroom+high"),
+        (sample(psi=25.0), PressureLevel.PRESSURED, "psi_avg10"),
+        (sample(limit=None, psi=25.0), PressureLevel.PRESSURED, "psi_avg10"),
+        (
+            sample(current=950 * MiB),
+            PressureLevel.NEUTRAL,
+            "",
+        ),  # low headroom alone: the page cache
+        (sample(fired=True), PressureLevel.NEUTRAL, ""),  # a trigger with ample headroom
+        (
+            sample(high_delta=5),
+            PressureLevel.CLEAR,
+            "",
+        ),  # a member throttled at its own memory.high
+        (sample(psi=20.0), PressureLevel.CLEAR, ""),  # at the threshold is not above it
+        (sample(limit=None, psi=None, high_delta=9), PressureLevel.CLEAR, ""),
+        (sample(current=1100 * MiB, high_delta=1), PressureLevel.PRESSURED, "headroom+high"),
         # Above the limit itself (a watermark with no memory.high at it): a sample suffices.
-        (sample(current=1100 * MiB), Level.PRESSURED, "headroom+over"),
-        (sample(current=1000 * MiB), Level.NEUTRAL, ""),
+        (sample(current=1100 * MiB), PressureLevel.PRESSURED, "headroom+over"),
+        (sample(current=1000 * MiB), PressureLevel.NEUTRAL, ""),
     ],
 )
-def test_classify(s: BudgetSample, level: Level, reason: str) -> None:
+def test_classify(s: BudgetSample, level: PressureLevel, reason: str) -> None:
     assert classify(s, T) == (level, reason)
 
 

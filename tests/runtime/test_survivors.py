@@ -47,6 +47,21 @@ def spawn(
     return p
 
 
+def wait_ignoring(pid: int, sig: int, timeout: float = 30.0) -> None:
+    """Until `pid` ignores `sig` (its SigIgn mask in /proc/<pid>/status): a fixed sleep loses
+    the race on a loaded machine, where the interpreter takes longer to reach signal.signal."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigIgn:") and int(line.split()[1], 16) & (1 << (sig - 1)):
+                    return
+        time.sleep(0.01)
+    raise AssertionError(f"pid {pid} never ignored signal {sig}")
+
+
 def state(**services: dict[str, Any]) -> dict[str, Any]:
     return {"version": 1, "pid": 999999, "services": services}
 
@@ -84,9 +99,7 @@ def test_a_survivor_that_ignores_its_stop_signal_is_killed(
     procs: list[subprocess.Popen[bytes]],
 ) -> None:
     p = spawn(procs, STUBBORN)
-    import time
-
-    time.sleep(0.3)  # let it install its SIG_IGN
+    wait_ignoring(p.pid, signal.SIGTERM)
     logged = stop_all(survivors.find(state(db=record(p))), wait=0.3)
     assert p.wait(timeout=10) == -signal.SIGKILL
     assert [e for e, _ in logged] == ["survivor", "survivor_kill"]
