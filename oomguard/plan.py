@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, TypeAlias, TypeVar
 
 # At run time, not under TYPE_CHECKING: the JSON decoder resolves the annotations
 # (typing.get_type_hints) to rebuild each field.
@@ -42,6 +42,7 @@ __all__ = [
     "SliceSpec",
     "TreeSpec",
     "from_json",
+    "load_json",
     "to_json",
 ]
 
@@ -51,6 +52,8 @@ LogFormat: TypeAlias = Literal["kv", "json"]
 LogMode: TypeAlias = Literal["inherit", "prefix"]
 #: The version of the JSON form; ``from_json`` refuses any other.
 FORMAT_VERSION = 1
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -205,22 +208,32 @@ class PlanError(ValueError):
     """A plan's JSON form does not match this version of the dataclasses (names the field)."""
 
 
-def to_json(plan: Plan) -> str:
-    """The plan as JSON text; ``from_json(to_json(plan)) == plan``."""
-    return json.dumps({"version": FORMAT_VERSION, "plan": _encode(plan)}, allow_nan=False)
+def to_json(value: object) -> str:
+    """A plan (or any dataclass made of the types below) as JSON text: ``from_json(to_json(
+    plan)) == plan``, ``load_json(type(value), to_json(value)) == value``."""
+    data = {"version": FORMAT_VERSION, "type": type(value).__name__, "data": _encode(value)}
+    return json.dumps(data, allow_nan=False)
 
 
 def from_json(text: str | bytes) -> Plan:
     """The plan ``to_json`` wrote. Raises PlanError naming the first field that does not fit."""
+    return load_json(Plan, text)
+
+
+def load_json(cls: type[_T], text: str | bytes) -> _T:
+    """The ``cls`` that ``to_json`` wrote. Raises PlanError naming the first field that does not
+    fit."""
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as err:
         raise PlanError(f"not JSON: {err}") from None
     if not isinstance(data, dict) or data.get("version") != FORMAT_VERSION:
         raise PlanError(f"not a version {FORMAT_VERSION} plan")
-    plan = _decode(Plan, data.get("plan"), "plan")
-    assert isinstance(plan, Plan)
-    return plan
+    if data.get("type") != cls.__name__:
+        raise PlanError(f"holds a {data.get('type')!r}, not a {cls.__name__}")
+    value = _decode(cls, data.get("data"), cls.__name__.lower())
+    assert isinstance(value, cls)
+    return value
 
 
 def _encode(value: object) -> object:

@@ -33,12 +33,13 @@ from oomguard.config.model import (
     ServiceConfig,
     SliceConfig,
 )
+from oomguard.plan import from_json, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from oomguard.config.model import Config
-    from oomguard.runtime.supervisor import Outcome
+    from oomguard.cli.daemon import Job
+    from oomguard.plan import Plan
 
 #: Examples per property: a few hundred in the unit suite, 10,000 for `make fuzz`.
 EXAMPLES = int(os.environ.get("OOMGUARD_FUZZ_EXAMPLES", "200"))
@@ -340,16 +341,14 @@ class _Fake:
         self.reason = reason
         self.ran = 0
 
-    def degrade_reason(self, config: Config) -> str | None:
+    def degrade_reason(self, plan: Plan) -> str | None:
         return self.reason
 
-    def supervise(self, config: Config, *, init: bool) -> Outcome:
-        from oomguard.runtime.supervisor import Outcome
-
-        # What the real supervisor would be given: a fully compiled tree, no I/O.
-        config.tree_spec()
+    def hand_off(self, job: Job) -> int:
+        # What the daemon would be given: a compiled plan that survives its JSON form.
+        assert from_json(to_json(job.plan)) == job.plan
         self.ran += 1
-        return Outcome(status=0, primary=config.primary_name, primary_exit=None, reason="fuzz")
+        return 0
 
 
 def _never(*args: object, **kw: object) -> Any:
@@ -363,7 +362,8 @@ def test_exec_command_lines_exit_0_or_2(argv: list[str], reason: str | None) -> 
     fake = _Fake(reason)
     with (
         mock.patch("oomguard.cli.exec_.degrade_reason", fake.degrade_reason),
-        mock.patch("oomguard.cli.exec_.supervise", fake.supervise),
+        mock.patch("oomguard.cli.exec_.hand_off", fake.hand_off),
+        mock.patch("oomguard.cli.daemon.hand_off", _never),
         mock.patch("oomguard.cli._supervise.supervise", _never),
         mock.patch("oomguard.runtime.launcher.spawn", _never),
     ):

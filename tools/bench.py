@@ -434,6 +434,135 @@ def bench_throughput(args: argparse.Namespace) -> int:
     return int(bench_postgres.run(["--throughput"]))
 
 
+# ----------------------------------------------------------------------- daemon: RSS
+
+#: Issue 10's goal for the running daemon's resident size in the guest, MiB.
+DAEMON_RSS_GOAL_MIB = 20.0
+#: A primary and a sidecar in a budget: PSI triggers, the pressure response and the auto
+#: memory.high are all set up, as in a real deployment.
+DAEMON_CONFIG = """\
+[oomguard]
+memory_max = "512M"
+[slice.sidecars]
+memory_max = "128M"
+[service.db]
+role = "primary"
+command = ["sleep", "600"]
+memory_high = "200M"
+[service.side]
+command = ["sleep", "600"]
+slice = "sidecars"
+"""
+#: What stayed resident before the hand-off: the daemon's modules plus pydantic, click and the
+#: config package (an interpreter that imports them, not a supervisor: an approximation).
+_BEFORE_IMPORTS = (
+    "import click, pydantic, oomguard.config.load, oomguard.config.compile, "
+    "oomguard.cli.daemon, oomguard.cli._supervise, oomguard.runtime.supervisor, "
+    "oomguard.runtime.pressure"
+)
+
+
+def _status_kib(pid: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                out[key] = int(rest.split()[0])
+    return out
+
+
+def _idle_python_kib(code: str, env: dict[str, str]) -> dict[str, int]:
+    """VmRSS/VmHWM of an interpreter that ran `code`, then sleeps."""
+    script = f"{code}\nimport sys, time\nsys.stdout.write('ready\\n'); sys.stdout.flush()\n"
+    script += "time.sleep(600)"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+        time.sleep(1.0)
+        return _status_kib(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def _daemon_kib(workdir: Path, mount: Path, env: dict[str, str]) -> dict[str, int]:
+    """VmRSS/VmHWM of `oomguard run` once both services are RUNNING (and a 2 s settle)."""
+    import json
+
+    workdir.mkdir()
+    config = workdir / "oomguard.toml"
+    config.write_text(DAEMON_CONFIG)
+    state = workdir / "state"
+    root = f"/oomguard-bench-daemon-{os.getpid()}"
+    cmd = [*oomguard_cmd(), "run", str(config), "--cgroup", root, "--state-dir", str(state)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                doc = json.loads((state / "state.json").read_text())
+                if {s["state"] for s in doc["services"].values()} == {"RUNNING"}:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise SystemExit(f"bench: oomguard run did not get its services up ({cmd})")
+            time.sleep(0.2)
+        time.sleep(2.0)
+        return _status_kib(proc.pid)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        with contextlib.suppress(OSError):
+            (mount / root.lstrip("/")).rmdir()
+
+
+@section("daemon")
+def bench_daemon(args: argparse.Namespace) -> int:
+    """Issue 10: the running daemon's RSS in the guest, beside a bare interpreter's."""
+    if not args.real_tree:
+        return _in_vm(args, "daemon")
+    from oomguard.cgroup.discover import find_cgroup2_mount
+
+    mount = find_cgroup2_mount()
+    if mount is None:
+        raise SystemExit("bench: the daemon section needs a cgroup2 mount")
+    print(f"== daemon RSS (load average {load_average()})", flush=True)
+    # As installed: bytecode cached (a private cache, warmed by the first round).
+    env = dict(os.environ)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="oomguard-bench-pycache-")
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    rows: dict[str, list[dict[str, int]]] = {"bare": [], "before": [], "daemon": []}
+    with tempfile.TemporaryDirectory(prefix="oomguard-bench-daemon-") as tmp:
+        for i in range(3):
+            got = {
+                "bare": _idle_python_kib("pass", env),
+                "before": _idle_python_kib(_BEFORE_IMPORTS, env),
+                "daemon": _daemon_kib(Path(tmp) / str(i), mount, env),
+            }
+            if i:  # round 0 only warms the bytecode cache
+                for name, figures in got.items():
+                    rows[name].append(figures)
+    labels = {
+        "bare": "python3 -c 'import time; time.sleep(600)'",
+        "before": "interpreter + pydantic, click, config (what the daemon no longer loads)",
+        "daemon": "oomguard run: the daemon (primary + sidecar in a budget)",
+    }
+    for name, label in labels.items():
+        rss = statistics.median(r["VmRSS"] for r in rows[name]) / 1024
+        hwm = statistics.median(r["VmHWM"] for r in rows[name]) / 1024
+        n = len(rows[name])
+        print(f"  {label:<72} VmRSS {rss:5.1f} MiB  VmHWM {hwm:5.1f} MiB  (median of {n})")
+    daemon = statistics.median(r["VmRSS"] for r in rows["daemon"]) / 1024
+    bare = statistics.median(r["VmRSS"] for r in rows["bare"]) / 1024
+    verdict = "met" if daemon <= DAEMON_RSS_GOAL_MIB else "NOT met"
+    print(
+        f"  goal daemon VmRSS <= {DAEMON_RSS_GOAL_MIB:.0f} MiB: {verdict} "
+        f"({daemon - bare:+.1f} MiB over a bare interpreter)"
+    )
+    return 0
+
+
 # ----------------------------------------------------------------------------- main
 
 

@@ -1,4 +1,8 @@
-"""What `run` and `exec` share: from a validated Config to a running supervisor and an exit code."""
+"""What `run` and `exec` share: from a compiled Plan to a running supervisor and an outcome.
+
+Imported by the daemon (`cli/daemon.py`), so neither click nor pydantic is imported here, not
+even lazily: the click options live in `_options.py`.
+"""
 
 from __future__ import annotations
 
@@ -6,47 +10,20 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-import click
-
 if TYPE_CHECKING:
-    from oomguard.config.model import Config
+    from oomguard.plan import Plan
     from oomguard.runtime.supervisor import Outcome
 
-LOG_FORMAT = click.option(
-    "--log-format",
-    type=click.Choice(["kv", "json"]),
-    default=None,
-    help="Diagnostics on stderr: key=value lines (default) or JSON lines.",
-)
-INIT = click.option(
-    "--init",
-    is_flag=True,
-    default=False,
-    help="Act as init: become a child subreaper and reap orphans (implied when running as PID 1).",
-)
-STATE_DIR = click.option(
-    "--state-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    envvar="OOMGUARD_STATE_DIR",
-    help="Where state.json and events.jsonl go (overrides [oomguard] state_dir).",
-)
-CGROUP = click.option(
-    "--cgroup",
-    "cgroup_root",
-    default=None,
-    help="Cgroup path of the tree root under the cgroup2 mount (overrides [oomguard] cgroup).",
-)
 
-
-def supervise(config: Config, *, init: bool) -> Outcome:
+def supervise(plan: Plan, *, init: bool) -> Outcome:
     """Build the tree, run the services until shutdown, tear down. Raises OomguardError."""
     from oomguard.cgroup.fs import CgroupFS
+    from oomguard.cli._config_view import config_view
     from oomguard.observe.log import Logger
     from oomguard.observe.sink import OutputSink, SinkStream
     from oomguard.runtime.supervisor import Supervisor, default_self_cgroup
 
-    degraded = degrade_reason(config)
+    degraded = degrade_reason(plan)
     if degraded is None:
         mount, own = default_self_cgroup()
     else:
@@ -61,7 +38,7 @@ def supervise(config: Config, *, init: bool) -> Outcome:
     err_sink = OutputSink(2, name="stderr")
     log = Logger(
         SinkStream(err_sink),
-        config.oomguard.log_format,
+        plan.log_format,
         # journald adds its own timestamps; don't print them twice.
         timestamps="JOURNAL_STREAM" not in os.environ,
         context={"prog": "oomguard"},
@@ -70,20 +47,26 @@ def supervise(config: Config, *, init: bool) -> Outcome:
 
     try:
         sup = Supervisor(
-            config, CgroupFS(mount), own, log, init=init, degraded=degraded, sinks={2: err_sink}
+            config_view(plan),
+            CgroupFS(mount),
+            own,
+            log,
+            init=init,
+            degraded=degraded,
+            sinks={2: err_sink},
         )
         sup.extensions.append(PressureResponse())
-        if config.oomguard.metrics_listen:
+        if plan.metrics_listen:
             # Imported only when asked for: prometheus_client is an optional extra.
             from oomguard.runtime.metrics import MetricsExtension
 
-            sup.extensions.append(MetricsExtension(config.oomguard.metrics_listen))
+            sup.extensions.append(MetricsExtension(plan.metrics_listen))
         return sup.run()
     finally:
         err_sink.close()
 
 
-def degrade_reason(config: Config) -> str | None:
+def degrade_reason(plan: Plan) -> str | None:
     """Why oomguard cannot build its slice tree here, if it clearly cannot; None otherwise.
 
     The host verdict `oomguard check` prints (cgroup/verdict.py) decides: only unambiguous
@@ -95,9 +78,9 @@ def degrade_reason(config: Config) -> str | None:
     from oomguard.cgroup.verdict import assess
     from oomguard.errors import CgroupError
 
-    root = config.oomguard.cgroup
+    root = plan.tree.root
     verdict = assess(discover(), None if root is None else str(root))
-    if verdict.degraded is not None and config.oomguard.require_cgroups:
+    if verdict.degraded is not None and plan.require_cgroups:
         report = "run `oomguard check` for what this host offers and how to fix it"
         fix = verdict.degraded_fix
         raise CgroupError(

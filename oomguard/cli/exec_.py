@@ -14,16 +14,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import click
 
-from oomguard.cli._supervise import (
-    CGROUP,
-    INIT,
-    LOG_FORMAT,
-    STATE_DIR,
-    degrade_reason,
-    overrides,
-    supervise,
-)
-from oomguard.errors import ConfigError, ExitCode, Problem, UsageError
+from oomguard.cli._options import CGROUP, INIT, LOG_FORMAT, STATE_DIR
+from oomguard.cli._supervise import degrade_reason, overrides
+from oomguard.cli.daemon import Job, hand_off
+from oomguard.errors import ConfigError, Problem, UsageError
 
 if TYPE_CHECKING:
     from oomguard.config.model import Config
@@ -157,7 +151,21 @@ def build_config(args: ExecArgs) -> tuple[Config, str]:
     adj = _oom_score_adj(args.oom_score_adj)
     if adj is not None:
         svc["oom_score_adj"] = adj
-    services: dict[str, Any] = {primary: svc}
+    data["service"] = {primary: svc, **_sidecars(args, primary, shell)}
+    if args.sidecars_max is not None:
+        data["slice"] = {"sidecars": {"memory_max": args.sidecars_max}}
+    try:
+        config = Config.from_mapping(data, source="oomguard exec")
+    except ConfigError as err:
+        raise ConfigError(
+            [_as_option(p, primary) for p in err.problems], source=err.source
+        ) from None
+    return config, primary
+
+
+def _sidecars(args: ExecArgs, primary: str, shell: dict[str, Any]) -> dict[str, Any]:
+    """The services of `--sidecar NAME=COMMAND`, with their `--sidecar-memory-max`."""
+    services: dict[str, Any] = {}
     limits = _pairs(args.sidecar_max, "--sidecar-memory-max")
     for sname, scmd in _pairs(args.sidecars, "--sidecar").items():
         if sname == primary:
@@ -180,16 +188,7 @@ def build_config(args: ExecArgs) -> tuple[Config, str]:
             f"--sidecar-memory-max names {', '.join(sorted(limits))}, which no --sidecar defines",
             hint="add --sidecar NAME=COMMAND for it, or fix the name",
         )
-    data["service"] = services
-    if args.sidecars_max is not None:
-        data["slice"] = {"sidecars": {"memory_max": args.sidecars_max}}
-    try:
-        config = Config.from_mapping(data, source="oomguard exec")
-    except ConfigError as err:
-        raise ConfigError(
-            [_as_option(p, primary) for p in err.problems], source=err.source
-        ) from None
-    return config, primary
+    return services
 
 
 def refuse_unenforced(asked: list[str], reason: str | None, allow_degraded: bool) -> None:
@@ -246,59 +245,23 @@ def refuse_unenforced(asked: list[str], reason: str | None, allow_degraded: bool
 @STATE_DIR
 @CGROUP
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
-def command(
-    name: str | None,
-    memory_max: str | None,
-    memory_high: str | None,
-    oom_score_adj: str | None,
-    tree_max: str | None,
-    sidecars: tuple[str, ...],
-    sidecar_max: tuple[str, ...],
-    sidecars_max: str | None,
-    allow_degraded: bool,
-    init: bool,
-    log_format: str | None,
-    state_dir: str | None,
-    cgroup_root: str | None,
-    cmd: tuple[str, ...],
-) -> int:
+def command(allow_degraded: bool, init: bool, **options: Any) -> int:
     """Run CMD as the primary in its own memory-limited slice; exit with its status.
 
     If the OOM killer kills CMD, print one line saying so and exit 137. If a memory limit was
     asked for and this host cannot enforce it, exit 2 (unless --allow-degraded).
     """
-    per_run = state_dir is None
-    if state_dir is None:
-        state_dir = str(per_run_state_dir())
-    args = ExecArgs(
-        name,
-        memory_max,
-        memory_high,
-        oom_score_adj,
-        tree_max,
-        sidecars,
-        sidecar_max,
-        sidecars_max,
-        log_format,
-        state_dir,
-        cgroup_root,
-        cmd,
-    )
-    config, primary = build_config(args)
-    refuse_unenforced(args.limit_options(), degrade_reason(config), allow_degraded)
-    try:
-        outcome = supervise(config, init=init)
-    finally:
-        if per_run:
-            _remove_state_dir(config.oomguard.state_dir)
-    exit_ = outcome.primary_exit
-    if exit_ is not None and exit_.oom_killed:
-        for line in outcome.oom_lines:
-            if line.startswith(primary + " "):
-                click.echo(f"oomguard: {line}", err=True)
-                break
-        return int(ExitCode.OOM_KILLED)
-    return outcome.status
+    from oomguard.config.compile import compile_plan
+
+    # Every other option is a field of ExecArgs, by the same name.
+    per_run = options["state_dir"] is None
+    if per_run:
+        options["state_dir"] = str(per_run_state_dir())
+    args = ExecArgs(**options)
+    config, _primary = build_config(args)
+    plan = compile_plan(config)
+    refuse_unenforced(args.limit_options(), degrade_reason(plan), allow_degraded)
+    return hand_off(Job(kind="exec", plan=plan, init=init, remove_state_dir=per_run))
 
 
 def per_run_state_dir() -> Path:
@@ -322,18 +285,6 @@ def per_run_state_dir() -> Path:
     return base / f"exec-{os.getpid()}"
 
 
-def _remove_state_dir(path: Path) -> None:
-    """Remove exec's per-run state dir at exit (nothing else may be left in it)."""
-    from oomguard.errors import OomguardError
-    from oomguard.observe.statedir import StateDir
-
-    try:
-        sd = StateDir.open(path, create=False)
-    except OomguardError:
-        return
-    sd.remove()
-
-
 _OPTION_OF = {
     "memory_max": "--memory-max",
     "memory_high": "--memory-high",
@@ -341,26 +292,34 @@ _OPTION_OF = {
 }
 
 
+#: Paths outside [service.*] and the option each comes from.
+_OPTION_AT = {
+    "oomguard.memory_max": "--tree-max",
+    "slice.sidecars.memory_max": "--sidecars-max",
+    "oomguard.cgroup": "--cgroup",
+}
+
+
 def _as_option(p: Problem, primary: str) -> Problem:
     """Name the command-line option, not the internal field, in exec's errors."""
     parts = p.path.split(".")
-    if len(parts) == 3 and parts[0] == "service" and parts[1] == primary:
-        opt = _OPTION_OF.get(parts[2])
-        if opt:
-            return Problem(opt, p.message)
-    if len(parts) == 3 and parts[0] == "service" and parts[2] == "memory_max":
-        return Problem(f"--sidecar-memory-max {parts[1]}=", p.message)
+    opt = _OPTION_AT.get(p.path)
     if len(parts) >= 2 and parts[0] == "service":
-        if parts[1] != primary:
-            return Problem(f"--sidecar {parts[1]}=", p.message)
-        if len(parts) == 2:
-            return Problem("--name", p.message)
-        if parts[2].startswith("command"):
-            return Problem("CMD", p.message)
-    if p.path == "oomguard.memory_max":
-        return Problem("--tree-max", p.message)
-    if p.path == "slice.sidecars.memory_max":
-        return Problem("--sidecars-max", p.message)
-    if p.path == "oomguard.cgroup":
-        return Problem("--cgroup", p.message)
-    return p
+        opt = _service_option(parts[1], parts[2:], primary)
+    return Problem(opt, p.message) if opt else p
+
+
+def _service_option(name: str, rest: list[str], primary: str) -> str | None:
+    """The option behind ``service.<name>.<rest>``."""
+    field = rest[0] if len(rest) == 1 else None
+    if name == primary and field in _OPTION_OF:
+        return _OPTION_OF[field]
+    if field == "memory_max":
+        return f"--sidecar-memory-max {name}="
+    if name != primary:
+        return f"--sidecar {name}="
+    if not rest:
+        return "--name"
+    if rest[0].startswith("command"):
+        return "CMD"
+    return None

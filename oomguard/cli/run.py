@@ -1,10 +1,16 @@
-"""`oomguard run CONFIG`: the supervisor in the foreground (also the container entrypoint)."""
+"""`oomguard run CONFIG`: the supervisor in the foreground (also the container entrypoint).
+
+Validates and compiles the config here, then hands the Plan to the daemon (`cli/daemon.py`),
+which replaces this process and runs without pydantic or click.
+"""
 
 from __future__ import annotations
 
 import click
 
-from oomguard.cli._supervise import CGROUP, INIT, LOG_FORMAT, STATE_DIR, overrides, supervise
+from oomguard.cli._options import CGROUP, INIT, LOG_FORMAT, STATE_DIR
+from oomguard.cli._supervise import overrides
+from oomguard.cli.daemon import Job, hand_off
 
 
 @click.command("run")
@@ -31,6 +37,7 @@ def command(
 
     Exits with the primary's status (128+N if a signal killed it).
     """
+    from oomguard.config.compile import compile_plan
     from oomguard.config.load import load_config
 
     config = load_config(
@@ -42,14 +49,4 @@ def command(
             mode="observe" if observe else None,
         ),
     )
-    outcome = supervise(config, init=init)
-    for line in outcome.oom_lines:
-        if line.startswith(outcome.primary + " "):
-            click.echo(f"oomguard: {line}", err=True)
-    if outcome.fatal_service:
-        click.echo(
-            f"oomguard: stopped because {outcome.fatal_service} failed for good "
-            f"(exit status {outcome.status})",
-            err=True,
-        )
-    return outcome.status
+    return hand_off(Job(kind="run", plan=compile_plan(config), init=init))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from oomguard.cli import _supervise
+from oomguard.config.compile import compile_plan
 from oomguard.config.load import load_config
 from oomguard.errors import CgroupError
 from tests.cli.test_check import HYBRID, READY
@@ -35,7 +36,7 @@ def _reason(
     path = tmp_path / "c.toml"
     path.write_text(CONFIG.format(extra=extra))
     monkeypatch.setattr(discover_mod, "discover", lambda: d)
-    return _supervise.degrade_reason(load_config(path, {}))
+    return _supervise.degrade_reason(compile_plan(load_config(path, {})))
 
 
 def test_hybrid_host_degrades_with_the_default_root(

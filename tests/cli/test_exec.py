@@ -1,42 +1,44 @@
-"""`oomguard exec` up to, not including, the supervisor: option parsing, the compiled Config,
-and failing closed. `supervise` and `degrade_reason` are replaced, so no test here spawns a
+"""`oomguard exec` up to, not including, the daemon: option parsing, the compiled Plan,
+and failing closed. `hand_off` and `degrade_reason` are replaced, so no test here spawns a
 command or looks at (let alone writes) a cgroup."""
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from oomguard.cli import exec_
 from oomguard.cli.app import run
-from oomguard.runtime.supervisor import Outcome
 
 if TYPE_CHECKING:
-    from oomguard.config.model import Config
+    from oomguard.cli.daemon import Job
+    from oomguard.plan import Plan
 
 
 class FakeRun:
-    """Stands in for discovery and the supervisor: records the Config it was given."""
+    """Stands in for discovery and the daemon: records the Plan it was given."""
 
     def __init__(self, reason: str | None) -> None:
         self.reason = reason
-        self.configs: list[Config] = []
+        self.plans: list[Plan] = []
+        self.jobs: list[Job] = []
 
-    def degrade_reason(self, config: Config) -> str | None:
+    def degrade_reason(self, plan: Plan) -> str | None:
         return self.reason
 
-    def supervise(self, config: Config, *, init: bool) -> Outcome:
-        self.configs.append(config)
-        return Outcome(status=0, primary=config.primary_name, primary_exit=None, reason="test")
+    def hand_off(self, job: Job) -> int:
+        self.jobs.append(job)
+        self.plans.append(job.plan)
+        return 0
 
 
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeRun:
     f = FakeRun(reason=None)
     monkeypatch.setattr(exec_, "degrade_reason", f.degrade_reason)
-    monkeypatch.setattr(exec_, "supervise", f.supervise)
+    monkeypatch.setattr(exec_, "hand_off", f.hand_off)
     return f
 
 
@@ -53,7 +55,7 @@ def test_unbalanced_quote_in_sidecar_is_a_usage_error(
     # Before: shlex's ValueError escaped as an internal error (exit 70, traceback).
     rc, err = _exec(fake, capsys, "--sidecar", 'exp=run "x', "--", "db")
     assert rc == 2 and "--sidecar exp=" in err and "quot" in err
-    assert fake.configs == []
+    assert fake.plans == []
 
 
 def test_duplicate_sidecar_is_refused(fake: FakeRun, capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,7 +89,7 @@ def test_oom_score_adj_takes_ascii_digits_only(
     rc, err = _exec(fake, capsys, "--oom-score-adj", "٣", "--", "db")
     assert rc == 2 and "--oom-score-adj" in err
     rc, _ = _exec(fake, capsys, "--oom-score-adj", "-500", "--", "db")
-    assert rc == 0 and fake.configs[-1].primary.oom_score_adj == -500
+    assert rc == 0 and fake.plans[-1].primary_service.oom_score_adj == -500
 
 
 def test_cgroup_with_newline_is_refused(fake: FakeRun, capsys: pytest.CaptureFixture[str]) -> None:
@@ -117,7 +119,7 @@ def test_a_limit_that_cannot_be_enforced_exits_2(
     assert rc == 2
     assert f"cannot enforce {limit[-2]} {limit[-1]}" in err and "hybrid host" in err
     assert "--allow-degraded" in err
-    assert fake.configs == []
+    assert fake.plans == []
 
 
 def test_allow_degraded_runs_without_the_limit(
@@ -125,7 +127,7 @@ def test_allow_degraded_runs_without_the_limit(
 ) -> None:
     fake.reason = "no cgroup v2 mount"
     rc, _ = _exec(fake, capsys, "--allow-degraded", "--memory-max", "64M", "--", "db")
-    assert rc == 0 and len(fake.configs) == 1
+    assert rc == 0 and len(fake.plans) == 1
 
 
 def test_no_limit_asked_runs_degraded_without_the_flag(
@@ -133,7 +135,7 @@ def test_no_limit_asked_runs_degraded_without_the_flag(
 ) -> None:
     fake.reason = "no cgroup v2 mount"
     rc, _ = _exec(fake, capsys, "--", "db")
-    assert rc == 0 and len(fake.configs) == 1
+    assert rc == 0 and len(fake.plans) == 1
 
 
 def test_refuse_unenforced_decision() -> None:
@@ -152,10 +154,10 @@ def test_exec_keeps_the_shells_environment_and_directory(
 ) -> None:
     rc, _ = _exec(fake, capsys, "--sidecar", "a=x", "--", "db")
     assert rc == 0
-    cfg: Any = fake.configs[-1]
+    plan = fake.plans[-1]
     for name in ("db", "a"):
-        assert cfg.service[name].inherit_env is True
-        assert str(cfg.service[name].cwd) == os.getcwd()
+        assert plan.service(name).inherit_env is True
+        assert plan.service(name).cwd == os.getcwd()
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from oomguard.cli import exec_
+from oomguard.cli import daemon, exec_
 from oomguard.errors import StateDirError
 from oomguard.observe.statedir import StateDir
 
@@ -41,10 +41,10 @@ def test_the_per_run_dir_is_removed_but_never_a_stranger_file(tmp_path: Path) ->
     sd.lock()
     sd.write_atomic("state.json", b"{}")
     sd.close()
-    exec_._remove_state_dir(d)
+    daemon._remove_state_dir(str(d))
     assert not d.exists()
     sd = StateDir.open(d)
     sd.close()
     (d / "keep.me").write_text("x")
-    exec_._remove_state_dir(d)
+    daemon._remove_state_dir(str(d))
     assert (d / "keep.me").exists()

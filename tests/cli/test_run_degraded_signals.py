@@ -96,9 +96,10 @@ def test_degraded_run_survives_forwards_and_takes_its_services_down_when_killed(
     }
     path = tmp_path / "og.toml"
     path.write_text(toml(config))
+    from oomguard.config.compile import compile_plan
     from oomguard.config.load import load_config
 
-    if degrade_reason(load_config(path, {})) is None:
+    if degrade_reason(compile_plan(load_config(path, {}))) is None:
         pytest.skip("oomguard would build a slice tree on this host: tests/kernel covers it")
     assert isinstance(load_config(path, {}), Config)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -163,9 +164,10 @@ def test_stalled_stdout_and_stderr_readers_never_freeze_a_degraded_run(tmp_path:
     }
     path = tmp_path / "og.toml"
     path.write_text(toml(config))
+    from oomguard.config.compile import compile_plan
     from oomguard.config.load import load_config
 
-    if degrade_reason(load_config(path, {})) is None:
+    if degrade_reason(compile_plan(load_config(path, {}))) is None:
         pytest.skip("oomguard would build a slice tree on this host: tests/kernel covers it")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     r, w = os.pipe()

@@ -162,15 +162,16 @@ def test_every_example_compiles_and_round_trips(path: Path) -> None:
     ("edit", "match"),
     [
         (lambda d: d.update(version=2), "not a version 1 plan"),
-        (lambda d: d["plan"].pop("primary"), "plan: missing field 'primary'"),
-        (lambda d: d["plan"].update(extra=1), "plan: unknown field 'extra'"),
-        (lambda d: d["plan"].update(mode="dry-run"), r"plan\.mode: 'dry-run' is not one of"),
-        (lambda d: d["plan"]["services"][0].update(argv="x"), r"services\[0\]\.argv: expected a"),
+        (lambda d: d.update(type="Job"), "holds a 'Job', not a Plan"),
+        (lambda d: d["data"].pop("primary"), "plan: missing field 'primary'"),
+        (lambda d: d["data"].update(extra=1), "plan: unknown field 'extra'"),
+        (lambda d: d["data"].update(mode="dry-run"), r"plan\.mode: 'dry-run' is not one of"),
+        (lambda d: d["data"]["services"][0].update(argv="x"), r"services\[0\]\.argv: expected a"),
         (
-            lambda d: d["plan"]["services"][1]["restart"].update(max_restarts=True),
+            lambda d: d["data"]["services"][1]["restart"].update(max_restarts=True),
             r"services\[1\]\.restart\.max_restarts: True is not a int",
         ),
-        (lambda d: d["plan"]["tree"].update(memory_max="1G"), r"plan\.tree\.memory_max: '1G'"),
+        (lambda d: d["data"]["tree"].update(memory_max="1G"), r"plan\.tree\.memory_max: '1G'"),
     ],
 )
 def test_a_json_form_that_does_not_fit_names_the_field(edit: Any, match: str) -> None:
