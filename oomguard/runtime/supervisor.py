@@ -259,9 +259,15 @@ class Supervisor:
 
     def _setup_extensions(self) -> None:
         """Extensions see the supervisor only through the narrow context (runtime/context)."""
-        from oomguard.config.compile import compile_plan
+        # The daemon hands a view of the compiled Plan (cli/_config_view.py); a Config (unit
+        # tests, in-process callers) is compiled here. Importing config.compile only on that
+        # path keeps pydantic out of the daemon.
+        plan = getattr(self.config, "plan", None)
+        if plan is None:
+            from oomguard.config.compile import compile_plan
 
-        ctx = SupervisorContext(self, compile_plan(self.config))
+            plan = compile_plan(self.config)
+        ctx = SupervisorContext(self, plan)
         for ext in self.extensions:
             ext.setup(ctx)
 
