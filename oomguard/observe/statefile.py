@@ -2,9 +2,9 @@
 events`` and the supervisor's look for survivors of a killed run (observe/state.py re-exports it
 beside the writer).
 
-Import-light on purpose (``os`` and ``errno``; ``json`` only once there is a file to parse):
-``oomguard status`` starts with this module, and is what people run in a loop while a database
-is in trouble.
+Import-light on purpose (``os``, ``errno`` and `oomguard.proc`; ``json`` only once there is a file
+to parse): ``oomguard status`` starts with this module, and is what people run in a loop while a
+database is in trouble.
 
 ``version`` is the format's major number. A change that an older reader would misread bumps it;
 a new key does not (readers use ``.get``: an older writer may lack newer keys). So a document of
@@ -19,6 +19,7 @@ import errno
 import os
 from typing import Any
 
+from oomguard import proc
 from oomguard.errors import ExitCode, OomguardError
 
 STATE_FILE = "state.json"
@@ -110,23 +111,6 @@ def _check_document(path: str, doc: object) -> None:
         raise StateFileError(f"{path}: 'services' is not an object", "delete it")
 
 
-def start_ticks(pid: int, proc_root: str = "/proc") -> int | None:
-    """Start time of `pid` in clock ticks since boot (field 22 of /proc/<pid>/stat), or None if
-    there is no such process."""
-    try:
-        with open(f"{proc_root}/{pid}/stat", "rb") as f:
-            data = f.read()
-    except OSError:
-        return None
-    # comm (field 2) is in parentheses and may itself contain spaces and ")"; the fields after
-    # the *last* ")" are fixed. starttime is field 22, i.e. index 19 counting from field 3.
-    fields = data[data.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
 def writer_running(doc: dict[str, Any]) -> bool | None:
     """Is the supervisor that wrote `doc` alive? None if the document has no usable pid.
     pid_start (when present) guards against pid reuse after a crash.
@@ -137,7 +121,7 @@ def writer_running(doc: dict[str, Any]) -> bool | None:
     pid = doc.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return None
-    ticks = start_ticks(pid)
+    ticks = proc.start_ticks(pid)
     start = doc.get("pid_start")
     if isinstance(start, int) and not isinstance(start, bool):
         return ticks == start

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from oomguard import proc
 from oomguard.cgroup.path import CgroupPath
 from oomguard.cli import status
 from oomguard.observe import statefile
@@ -201,7 +202,7 @@ def test_a_state_file_without_this_version_is_a_problem_not_a_crash(
 
 def test_writer_running_uses_pid_start_against_reuse() -> None:
     me = os.getpid()
-    ticks = statefile.start_ticks(me)
+    ticks = proc.start_ticks(me)
     assert ticks is not None
     assert statefile.writer_running({"pid": me, "pid_start": ticks}) is True
     assert statefile.writer_running({"pid": me, "pid_start": ticks + 1}) is False  # pid reused
@@ -455,7 +456,7 @@ def test_degraded_json_lists_every_service(tmp_path: Path) -> None:
 
 def test_degraded_with_a_running_writer_shows_live_rss(tmp_path: Path) -> None:
     me = os.getpid()
-    doc = {**DEGRADED, "pid": me, "pid_start": statefile.start_ticks(me)}
+    doc = {**DEGRADED, "pid": me, "pid_start": proc.start_ticks(me)}
     doc["services"] = {"db": {**DEGRADED["services"]["db"], "pid": me}}
     write_state(tmp_path / "s", doc)
     rc, out = run(["--json", "--state-dir", str(tmp_path / "s")])

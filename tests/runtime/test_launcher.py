@@ -25,10 +25,10 @@ from oomguard.runtime import launcher
 from oomguard.runtime.launcher import (
     Child,
     LaunchSpec,
-    OutputPump,
     signal_process_group,
     spawn,
 )
+from oomguard.runtime.output import OutputPump
 from oomguard.runtime.preflight import resolve_credentials, resolve_executable
 from oomguard.runtime.reaper import ExitStatus, Reaper
 
