@@ -337,6 +337,36 @@ def build(
     )
 
 
+def recreate(
+    fs: CgroupFS, spec: TreeSpec, root: CgroupPath, path: CgroupPath
+) -> tuple[list[CgroupPath], list[str]]:
+    """mkdir `path` again, and every slice above it that went too, parents first, with their
+    configured limits. Returns the cgroups made (parents first; the caller watches them again)
+    and warnings for the log.
+
+    Only what is missing: `build` would adopt the existing tree, and adopting kills every
+    process in it as an orphan of an earlier run, i.e. every running service. The root is never
+    made here: oomguard's own leaf in it is never empty, so it cannot be removed from outside.
+    A path that is not a slice of `spec` is left alone.
+    """
+    by_path = {root.join(*s.path): s for s in spec.slices}
+    inner = {root.join(*s.path[:-1]) for s in spec.slices if len(s.path) > 1}
+    made: list[CgroupPath] = []
+    warnings: list[str] = []
+    for p in [*path.ancestors(), path]:
+        slice_spec = by_path.get(p)
+        if slice_spec is None or fs.exists(p):
+            continue
+        fs.mkdir(p)
+        if p in inner:
+            # Controllers first: a parent must enable them before the children exist, or the
+            # children get no memory.* files (cgroup.subtree_control is top-down).
+            fs.enable_controllers(p, spec.controllers)
+        write_limits(fs, p, slice_spec.limits, warnings)
+        made.append(p)
+    return made, warnings
+
+
 def ownership_proof(fs: CgroupFS, root: CgroupPath, ledger: TreeLedger | None) -> str | None:
     """How `root` is proven oomguard's (see "Ownership" in the module doc), or None."""
     trusted = fs.get_xattr(root, MARK_TRUSTED)

@@ -692,29 +692,10 @@ class Supervisor:
             self.log.error("slice_recreate_failed", service=svc.name, error=str(err))
 
     def _recreate(self, path: CgroupPath) -> None:
-        """mkdir `path` again, and any budget slice above it that went too, parents first, with
-        their configured limits, and watch them again.
-
-        Only what is missing: `tree.build` would adopt the existing tree, and adopting kills
-        every process in it as an orphan of an earlier run, i.e. every running service. (The
-        root cannot be missing: oomguard's own leaf in it is never empty.)
-        """
+        """Make `path` (and any budget above it that went too) again, and watch them again."""
         assert self.built is not None
-        spec = self.config.tree_spec()
-        root = self.built.root
-        by_path = {root.join(*s.path): s for s in spec.slices}
-        inner = {root.join(*s.path[:-1]) for s in spec.slices if len(s.path) > 1}
-        warnings: list[str] = []
-        for p in [*path.ancestors(), path]:
-            slice_spec = by_path.get(p)
-            if slice_spec is None or self.fs.exists(p):
-                continue
-            self.fs.mkdir(p)
-            if p in inner:
-                # Controllers first: a parent must enable them before the children exist, or
-                # the children get no memory.* files (cgroup.subtree_control is top-down).
-                self.fs.enable_controllers(p, spec.controllers)
-            treemod.write_limits(self.fs, p, slice_spec.limits, warnings)
+        made, warnings = treemod.recreate(self.fs, self.config.tree_spec(), self.built.root, path)
+        for p in made:
             self.inotify.unwatch(p)
             self.inotify.watch(self.fs.file_path(p, "memory.events.local"), p)
             self.inotify.watch_removal(self.fs.dir(p), p)
