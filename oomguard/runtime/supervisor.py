@@ -54,6 +54,7 @@ from oomguard.policy import restart as rp
 from oomguard.runtime import launcher, release
 from oomguard.runtime.context import Extension, SupervisorContext
 from oomguard.runtime.reaper import Reaper, become_subreaper
+from oomguard.runtime.service import Service
 from oomguard.units import format_size
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
 
     from oomguard.cgroup.fs import CgroupFS
     from oomguard.cgroup.path import CgroupPath
-    from oomguard.config.model import Config, ServiceConfig
+    from oomguard.config.model import Config
     from oomguard.observe.log import Logger
 
 #: How long an `oom` rise read on its own stays the explanation for a kill read later: the
@@ -77,27 +78,6 @@ DROP_REPORT_INTERVAL = 10.0
 _EVENT_KEYS = ("low", "high", "max", "oom", "oom_kill", "oom_group_kill")
 
 
-@dataclass(eq=False)
-class Service:
-    """Runtime bookkeeping for one service. The policy record is the source of truth for its
-    lifecycle; everything here is about the OS objects that back it."""
-
-    name: str
-    cfg: ServiceConfig
-    params: rp.RestartParams
-    rec: rp.Record
-    cgroup: CgroupPath
-    oom_score_adj: int
-    criticality: int
-    is_primary: bool
-    procs_fd: int = -1
-    child: launcher.Child | None = None
-    #: The slice's memory.events.local oom_kill rose while this incarnation ran.
-    oom_pending: bool = False
-    started_wall: float | None = None
-    evictions: int = 0
-    #: The main process's start time (see observe/state.py); None until started.
-    pid_start: int | None = None
 
 
 @dataclass
