@@ -221,41 +221,15 @@ def build(
     oomguard's."""
     _validate(spec)
     root = resolve_root(spec, self_cgroup)
-    parent = root.parent
-    if parent is None:
-        raise CgroupError(
-            "the tree root cannot be the cgroup mount root itself",
-            "set [oomguard] cgroup to a cgroup below the mount, e.g. /oomguard",
-        )
-    if not fs.exists(parent):
-        raise CgroupError(
-            f"cannot build the tree at {root}: its parent cgroup {parent} does not exist",
-            "create it (and delegate it to oomguard), or set [oomguard] cgroup elsewhere",
-        )
+    parent = _parent_of(fs, root)
     leaf = root.child(SUPERVISOR_LEAF)
     warnings: list[str] = []
-    created = fs.mkdir(root)
-    ownership = "created"
-    if not created:
-        proof = ownership_proof(fs, root, ledger)
-        if proof is not None:
-            ownership = proof
-        elif _is_empty(fs, root):
-            ownership = "claimed-empty"
-        else:
-            raise _foreign(fs, root)
-    if ownership in ("created", "claimed-empty"):
-        mark_tree(fs, root, ledger, warnings)
+    ownership = _own_root(fs, root, ledger, warnings)
     adopted = ownership not in ("created", "claimed-empty")
 
     fs.mkdir(leaf)
     if adopted:
-        _guard_leaf(fs, leaf, move_pid)
-        # The leaf must stay a leaf: processes cannot be moved into a cgroup that enables
-        # controllers for children (EBUSY), so clear anything an older run left below it.
-        for kid in fs.children(leaf):
-            _remove_subtree(fs, kid)
-        fs.disable_controllers(leaf)
+        _clear_leaf(fs, leaf, move_pid)
 
     # (2) Leave the parent before enabling anything.
     if move_pid is not None:
@@ -263,47 +237,16 @@ def build(
 
     # (3) The real root is exempt from the no-internal-process rule; any other parent
     # (including a container's namespace root) must be empty to enable controllers.
-    if not fs.is_real_root(parent):
-        others = fs.procs(parent)
-        if others:
-            raise CgroupError(
-                f"cgroup {parent} (the parent of the oomguard tree {root}) still has processes "
-                f"{' '.join(str(p) for p in sorted(others))}, so it cannot enable controllers "
-                f"for the tree (cgroup v2's no-internal-process rule)",
-                _NOT_EMPTY_HINT,
-            )
+    _check_parent_empty(fs, parent, root)
 
     # (4) Top-down: what the parent enables is what the root gets.
     fs.enable_controllers(parent, spec.controllers)
     fs.enable_controllers(root, spec.controllers)
 
-    by_path = {s.path: s for s in spec.slices}
-    has_children = {s.path[:-1] for s in spec.slices if len(s.path) > 1}
-
     # (5) Adopt: kill orphans, then remove what the spec no longer has.
     if adopted:
-        for top in fs.children(root):
-            if top == leaf:
-                continue
-            pids = _kill_and_wait(fs, top, kill_wait)
-            if pids:
-                warnings.append(
-                    f"killed {len(pids)} leftover process(es) in {top} from an earlier run: "
-                    f"{' '.join(str(p) for p in sorted(pids))}"
-                )
-        stale = [
-            cg
-            for cg in fs.walk(root)
-            if not cg.is_relative_to(leaf) and cg != root and cg.relative_to(root) not in by_path
-        ]
-        # A stale cgroup's descendants are stale too; remove deepest first.
-        for cg in sorted(stale, key=lambda c: c.depth, reverse=True):
-            fs.rmdir(cg)
-        if stale:
-            top_stale = [cg for cg in stale if cg.parent is None or cg.parent not in stale]
-            warnings.append(
-                "removed cgroups no longer in the config: " + " ".join(str(c) for c in top_stale)
-            )
+        _kill_orphans(fs, root, leaf, kill_wait, warnings)
+        _remove_stale(fs, root, leaf, {s.path for s in spec.slices}, warnings)
 
     # (6) Limits: the root caps the whole tree. Protection (min/low) is hierarchical: a child's
     # effective memory.min is bounded by its parent's, so the root claims the sum its direct
@@ -318,6 +261,7 @@ def build(
     write_limits(fs, root, root_limits, warnings)
     write_limits(fs, leaf, Limits(min=spec.reserve), warnings)
 
+    has_children = {s.path[:-1] for s in spec.slices if len(s.path) > 1}
     paths: dict[str, CgroupPath] = {}
     for s in spec.slices:
         p = root.join(*s.path)
@@ -335,6 +279,102 @@ def build(
         ownership=ownership,
         services=frozenset(s.name for s in spec.slices if s.kind == "service"),
     )
+
+
+def _parent_of(fs: CgroupFS, root: CgroupPath) -> CgroupPath:
+    """The root's parent, which must exist (oomguard creates the root, not what is above)."""
+    parent = root.parent
+    if parent is None:
+        raise CgroupError(
+            "the tree root cannot be the cgroup mount root itself",
+            "set [oomguard] cgroup to a cgroup below the mount, e.g. /oomguard",
+        )
+    if not fs.exists(parent):
+        raise CgroupError(
+            f"cannot build the tree at {root}: its parent cgroup {parent} does not exist",
+            "create it (and delegate it to oomguard), or set [oomguard] cgroup elsewhere",
+        )
+    return parent
+
+
+def _own_root(
+    fs: CgroupFS, root: CgroupPath, ledger: TreeLedger | None, warnings: list[str]
+) -> str:
+    """Create the root, or prove an existing one ours (see "Ownership"); return how it is
+    ours. Raises `ForeignCgroup`, having touched nothing, for anyone else's cgroup."""
+    ownership = "created"
+    if not fs.mkdir(root):
+        proof = ownership_proof(fs, root, ledger)
+        if proof is not None:
+            ownership = proof
+        elif _is_empty(fs, root):
+            ownership = "claimed-empty"
+        else:
+            raise _foreign(fs, root)
+    if ownership in ("created", "claimed-empty"):
+        mark_tree(fs, root, ledger, warnings)
+    return ownership
+
+
+def _clear_leaf(fs: CgroupFS, leaf: CgroupPath, move_pid: int | None) -> None:
+    """An adopted tree's leaf: refused if another oomguard is in it; else it must stay a leaf:
+    processes cannot be moved into a cgroup that enables controllers for children (EBUSY),
+    so clear anything an older run left below it."""
+    _guard_leaf(fs, leaf, move_pid)
+    for kid in fs.children(leaf):
+        _remove_subtree(fs, kid)
+    fs.disable_controllers(leaf)
+
+
+def _check_parent_empty(fs: CgroupFS, parent: CgroupPath, root: CgroupPath) -> None:
+    if fs.is_real_root(parent):
+        return
+    others = fs.procs(parent)
+    if others:
+        raise CgroupError(
+            f"cgroup {parent} (the parent of the oomguard tree {root}) still has processes "
+            f"{' '.join(str(p) for p in sorted(others))}, so it cannot enable controllers "
+            f"for the tree (cgroup v2's no-internal-process rule)",
+            _NOT_EMPTY_HINT,
+        )
+
+
+def _kill_orphans(
+    fs: CgroupFS, root: CgroupPath, leaf: CgroupPath, kill_wait: float, warnings: list[str]
+) -> None:
+    """Kill what an earlier run left in an adopted tree (everything but our own leaf)."""
+    for top in fs.children(root):
+        if top == leaf:
+            continue
+        pids = _kill_and_wait(fs, top, kill_wait)
+        if pids:
+            warnings.append(
+                f"killed {len(pids)} leftover process(es) in {top} from an earlier run: "
+                f"{' '.join(str(p) for p in sorted(pids))}"
+            )
+
+
+def _remove_stale(
+    fs: CgroupFS,
+    root: CgroupPath,
+    leaf: CgroupPath,
+    wanted: set[tuple[str, ...]],
+    warnings: list[str],
+) -> None:
+    """Remove the cgroups of an adopted tree that the spec no longer has."""
+    stale = [
+        cg
+        for cg in fs.walk(root)
+        if not cg.is_relative_to(leaf) and cg != root and cg.relative_to(root) not in wanted
+    ]
+    # A stale cgroup's descendants are stale too; remove deepest first.
+    for cg in sorted(stale, key=lambda c: c.depth, reverse=True):
+        fs.rmdir(cg)
+    if stale:
+        top_stale = [cg for cg in stale if cg.parent is None or cg.parent not in stale]
+        warnings.append(
+            "removed cgroups no longer in the config: " + " ".join(str(c) for c in top_stale)
+        )
 
 
 def recreate(
@@ -485,28 +525,12 @@ def teardown(
         except Vanished:
             return []
     leaf = root.child(SUPERVISOR_LEAF)
-    messages: list[str] = []
     try:
         tops = [c for c in fs.children(root) if c != leaf]
     except Vanished:
-        return messages
+        return []
     errors: list[CgroupError] = []
-    # Kill all slices first, then wait: the exits of all slices overlap instead of queueing.
-    killed: list[tuple[CgroupPath, list[int]]] = []
-    for top in tops:
-        try:
-            pids = fs.procs_recursive(top)
-            if pids:
-                fs.kill(top)
-                killed.append((top, pids))
-        except Vanished:
-            continue
-        except CgroupError as err:
-            errors.append(err)
-    for top, pids in killed:
-        fs.wait_unpopulated(top, kill_wait)
-        messages.append(f"killed {len(pids)} process(es) in {top}")
-
+    messages = _kill_all(fs, tops, kill_wait, errors)
     remaining = [*tops] if keep_leaf else [*tops, leaf]
     for top in remaining:
         try:
@@ -523,4 +547,27 @@ def teardown(
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise CgroupError(f"teardown of {root} incomplete: {first.message}{more}", first.hint)
+    return messages
+
+
+def _kill_all(
+    fs: CgroupFS, tops: list[CgroupPath], kill_wait: float, errors: list[CgroupError]
+) -> list[str]:
+    """Kill all slices first, then wait: the exits of all slices overlap instead of queueing.
+    Returns a message per slice that held processes; failures go to `errors`."""
+    killed: list[tuple[CgroupPath, list[int]]] = []
+    for top in tops:
+        try:
+            pids = fs.procs_recursive(top)
+            if pids:
+                fs.kill(top)
+                killed.append((top, pids))
+        except Vanished:
+            continue
+        except CgroupError as err:
+            errors.append(err)
+    messages: list[str] = []
+    for top, pids in killed:
+        fs.wait_unpopulated(top, kill_wait)
+        messages.append(f"killed {len(pids)} process(es) in {top}")
     return messages
