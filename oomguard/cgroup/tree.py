@@ -248,27 +248,9 @@ def build(
         _kill_orphans(fs, root, leaf, kill_wait, warnings)
         _remove_stale(fs, root, leaf, {s.path for s in spec.slices}, warnings)
 
-    # (6) Limits: the root caps the whole tree. Protection (min/low) is hierarchical: a child's
-    # effective memory.min is bounded by its parent's, so the root claims the sum its direct
-    # children ask for; otherwise the reserve and the slices' min would protect nothing from
-    # reclaim outside the tree.
-    tops = [s for s in spec.slices if len(s.path) == 1]
-    root_limits = Limits(
-        min=spec.reserve + sum(s.limits.min for s in tops),
-        low=sum(s.limits.low for s in tops),
-        max=spec.memory_max,
-    )
-    write_limits(fs, root, root_limits, warnings)
-    write_limits(fs, leaf, Limits(min=spec.reserve), warnings)
-
-    has_children = {s.path[:-1] for s in spec.slices if len(s.path) > 1}
-    paths: dict[str, CgroupPath] = {}
-    for s in spec.slices:
-        p = root.join(*s.path)
-        fs.mkdir(p)
-        _set_subtree(fs, p, s, s.path in has_children, spec.controllers)
-        write_limits(fs, p, s.limits, warnings)
-        paths[s.name] = p
+    # (6) Limits, then the slices, parents first.
+    _write_root_limits(fs, spec, root, leaf, warnings)
+    paths = _make_slices(fs, spec, root, warnings)
 
     return BuiltTree(
         root=root,
@@ -279,6 +261,39 @@ def build(
         ownership=ownership,
         services=frozenset(s.name for s in spec.slices if s.kind == "service"),
     )
+
+
+def _write_root_limits(
+    fs: CgroupFS, spec: TreeSpec, root: CgroupPath, leaf: CgroupPath, warnings: list[str]
+) -> None:
+    """The root caps the whole tree. Protection (min/low) is hierarchical: a child's effective
+    memory.min is bounded by its parent's, so the root claims the sum its direct children ask
+    for; otherwise the reserve and the slices' min would protect nothing from reclaim outside
+    the tree."""
+    tops = [s for s in spec.slices if len(s.path) == 1]
+    root_limits = Limits(
+        min=spec.reserve + sum(s.limits.min for s in tops),
+        low=sum(s.limits.low for s in tops),
+        max=spec.memory_max,
+    )
+    write_limits(fs, root, root_limits, warnings)
+    write_limits(fs, leaf, Limits(min=spec.reserve), warnings)
+
+
+def _make_slices(
+    fs: CgroupFS, spec: TreeSpec, root: CgroupPath, warnings: list[str]
+) -> dict[str, CgroupPath]:
+    """mkdir every slice (parents first: the spec's order), enable controllers in the inner
+    ones, write every limit. Returns each slice's cgroup by name."""
+    has_children = {s.path[:-1] for s in spec.slices if len(s.path) > 1}
+    paths: dict[str, CgroupPath] = {}
+    for s in spec.slices:
+        p = root.join(*s.path)
+        fs.mkdir(p)
+        _set_subtree(fs, p, s, s.path in has_children, spec.controllers)
+        write_limits(fs, p, s.limits, warnings)
+        paths[s.name] = p
+    return paths
 
 
 def _parent_of(fs: CgroupFS, root: CgroupPath) -> CgroupPath:
