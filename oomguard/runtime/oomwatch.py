@@ -21,9 +21,9 @@ import contextlib
 import os
 from typing import TYPE_CHECKING, Any, Protocol
 
+from oomguard import proc
 from oomguard.errors import OomguardError, Vanished
 from oomguard.events.inotify import InotifyWatcher, WatchEvent
-from oomguard.observe.state import is_zombie
 from oomguard.policy import oom
 from oomguard.units import format_size
 
@@ -181,7 +181,7 @@ class SliceOomWatch:
         if svc is None:
             return
         svc.oom_pending = True
-        if oom.sweep_rest(main_alive, svc.cfg.survive_partial_kill):
+        if oom.sweep_rest(main_alive, svc.spec.survive_partial_kill):
             host.kill(svc, "oom_kill")
 
     def _watched_above(self, path: CgroupPath) -> list[CgroupPath]:
@@ -200,7 +200,7 @@ class VmstatOomWatch:
     ) -> None:
         self.log = log
         self.emit = emit
-        self._read = read or vmstat_oom_kill
+        self._read = read or proc.vmstat_oom_kill
         #: The count at the last check: the baseline for the next exit.
         self.count = self._read()
 
@@ -215,18 +215,6 @@ class VmstatOomWatch:
         self.count = now
 
 
-def vmstat_oom_kill() -> int | None:
-    """The kernel's global count of OOM kills (/proc/vmstat, Linux 4.13+), or None."""
-    try:
-        with open("/proc/vmstat", "rb") as f:
-            for line in f:
-                if line.startswith(b"oom_kill "):
-                    return int(line.split()[1])
-    except (OSError, ValueError):
-        return None
-    return None
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -235,4 +223,4 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     # A zombie still "exists" for kill(0); /proc state tells it apart.
-    return is_zombie(pid) is False
+    return proc.is_zombie(pid) is False

@@ -82,8 +82,9 @@ class Placement(Protocol):
     def built(self) -> treemod.BuiltTree | None:
         """The tree, for the extensions that read its cgroups (None without one)."""
 
-    def setup(self) -> None:
-        """Before the first service is made: build the tree, or say why there is none."""
+    def setup(self, ledger: treemod.TreeLedger | None) -> None:
+        """Before the first service is made: build the tree (recording it in `ledger`, the
+        state dir's proof that the tree is oomguard's), or say why there is none."""
 
     def cgroup_of(self, name: str) -> CgroupPath:
         """Where service `name` runs."""
@@ -139,7 +140,6 @@ class Slices:
         *,
         mode: str,
         memory_max: Mapping[str, int | None],
-        ledger: treemod.TreeLedger | None = None,
     ) -> None:
         self.host = host
         self.fs = fs
@@ -148,7 +148,6 @@ class Slices:
         self.mode = mode
         #: Each service's configured memory.max, for the OOM line.
         self.memory_max = dict(memory_max)
-        self.ledger = ledger
         self.degraded: str | None = None
         self._built: treemod.BuiltTree | None = None
         self.watch = SliceOomWatch(fs, self)
@@ -187,10 +186,10 @@ class Slices:
     def built(self) -> treemod.BuiltTree | None:
         return self._built
 
-    def setup(self) -> None:
+    def setup(self, ledger: treemod.TreeLedger | None) -> None:
         # The no-internal-process rule: oomguard moves itself into its own leaf first, then
         # controllers can be enabled for the slices (see cgroup/tree.py).
-        built = treemod.build(self.fs, self.spec, os.getpid(), self.self_cgroup, ledger=self.ledger)
+        built = treemod.build(self.fs, self.spec, os.getpid(), self.self_cgroup, ledger=ledger)
         self._built = built
         host = self.host
         for warning in built.warnings:
@@ -330,7 +329,8 @@ class ProcessGroups:
     def built(self) -> treemod.BuiltTree | None:
         return None
 
-    def setup(self) -> None:
+    def setup(self, ledger: treemod.TreeLedger | None) -> None:
+        del ledger  # no tree to record
         self.host.log.warn(
             "degraded",
             reason=self.degraded,

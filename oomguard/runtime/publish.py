@@ -91,7 +91,7 @@ class Publisher:
 
     def emit(self, kind: str, cgroup: CgroupPath | None, **fields: Any) -> None:
         """Append an event to events.jsonl. Never raises on I/O; marks the state dirty."""
-        ok = self.events.append(kind, slice=cgroup, **fields)
+        ok = self.events.append(kind, cgroup=cgroup, **fields)
         if not ok and not self.event_log_failing:
             self.event_log_failing = True
             self.log.warn(

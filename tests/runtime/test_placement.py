@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from oomguard.cgroup.path import CgroupPath
+from oomguard.config.compile import compile_plan
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
 from oomguard.policy import oom
-from oomguard.policy import restart as rp
 from oomguard.runtime.placement import Placement, ProcessGroups, Slices
 from oomguard.runtime.service import Service
 from tests.cgroup.fakefs import FakeCgroupFS
@@ -79,20 +79,11 @@ class FakeHost:
 
 
 def _services(host: FakeHost, placement: Placement, config: Config) -> None:
-    for name in config.start_order():
-        scfg = config.service[name]
-        svc = Service(
-            name=name,
-            cfg=scfg,
-            params=rp.RestartParams(),
-            rec=rp.Record(name=name),
-            cgroup=placement.cgroup_of(name),
-            oom_score_adj=config.oom_score_adj(name),
-            criticality=100 if scfg.is_primary else scfg.criticality,
-            is_primary=scfg.is_primary,
-        )
+    placement.setup(None)
+    for spec in compile_plan(config).services:
+        svc = Service(spec, placement.cgroup_of(spec.name))
         placement.attach(svc)
-        host.services[name] = svc
+        host.services[spec.name] = svc
 
 
 @pytest.fixture
@@ -112,7 +103,6 @@ def _slices(host: FakeHost, fs: FakeCgroupFS, config: Config) -> Slices:
     placement = Slices(
         host, fs, config.tree_spec(), CgroupPath.ROOT, mode="enforce", memory_max=memory_max
     )
-    placement.setup()
     _services(host, placement, config)
     return placement
 
@@ -340,9 +330,8 @@ class GroupChild:
 @pytest.fixture
 def groups(host: FakeHost, monkeypatch: pytest.MonkeyPatch) -> ProcessGroups:
     counts = iter([10, 10, 12])
-    monkeypatch.setattr("oomguard.runtime.oomwatch.vmstat_oom_kill", lambda: next(counts))
+    monkeypatch.setattr("oomguard.proc.vmstat_oom_kill", lambda: next(counts))
     placement = ProcessGroups(host, "the cgroup filesystem is read-only", CgroupPath.ROOT)
-    placement.setup()
     _services(
         host, placement, Config.from_mapping({k: v for k, v in CONFIG.items() if k != "oomguard"})
     )

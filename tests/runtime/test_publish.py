@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from oomguard.cgroup.path import CgroupPath
+from oomguard.config.compile import compile_plan
+from oomguard.config.model import Config
 from oomguard.observe.log import Logger
 from oomguard.observe.statedir import StateDir
 from oomguard.policy import restart as rp
@@ -28,17 +30,20 @@ class FakeChild:
     pid = 4242
 
 
-def _service(name: str = "backup", *, primary: bool = False) -> Service:
-    return Service(
-        name=name,
-        cfg=None,  # type: ignore[arg-type]  # publishing reads no config
-        params=rp.RestartParams(),
-        rec=rp.Record(name=name),
-        cgroup=CgroupPath.parse(f"/og/{name}"),
-        oom_score_adj=-999 if primary else 900,
-        criticality=100 if primary else 10,
-        is_primary=primary,
+PLAN = compile_plan(
+    Config.from_mapping(
+        {
+            "service": {
+                "db": {"role": "primary", "command": ["sleep", "1000"]},
+                "backup": {"command": ["sleep", "1000"], "criticality": 10},
+            }
+        }
     )
+)
+
+
+def _service(name: str = "backup") -> Service:
+    return Service(PLAN.service(name), CgroupPath.parse(f"/og/{name}"))
 
 
 def test_a_stopped_sidecar() -> None:
@@ -60,7 +65,7 @@ def test_a_stopped_sidecar() -> None:
 
 
 def test_a_running_primary_after_an_oom_kill() -> None:
-    db = _service("db", primary=True)
+    db = _service("db")
     db.child = FakeChild()  # type: ignore[assignment]
     db.pid_start, db.started_wall, db.evictions = 912399, 1795732200.0, 2
     db.rec = replace(
@@ -93,7 +98,7 @@ def test_downtime_counts_the_current_outage() -> None:
 
 
 def test_degraded_services_have_no_slice() -> None:
-    services = [_service("db", primary=True), _service("backup")]
+    services = [_service("db"), _service("backup")]
     entries = state_services(services, 0.0, in_slice=False)
     assert list(entries) == ["db", "backup"]  # the order given: the start order
     assert [e["slice"] for e in entries.values()] == [None, None]
@@ -142,7 +147,7 @@ def test_state_json_is_written_when_dirty_and_only_then(pub: Publisher, statedir
 
     def services() -> dict[str, Any]:
         calls.append(1)
-        return {"db": service_state(_service("db", primary=True), 0.0, in_slice=True)}
+        return {"db": service_state(_service("db"), 0.0, in_slice=True)}
 
     pub.flush("/og", services)
     doc = _state(statedir)
