@@ -221,6 +221,83 @@ def build(
     oomguard's."""
     _validate(spec)
     root = resolve_root(spec, self_cgroup)
+    parent = _parent_of(fs, root)
+    leaf = root.child(SUPERVISOR_LEAF)
+    warnings: list[str] = []
+    ownership = _own_root(fs, root, ledger, warnings)
+    adopted = ownership not in ("created", "claimed-empty")
+
+    fs.mkdir(leaf)
+    if adopted:
+        _clear_leaf(fs, leaf, move_pid)
+
+    # (2) Leave the parent before enabling anything.
+    if move_pid is not None:
+        fs.move_pid(leaf, move_pid)
+
+    # (3) The real root is exempt from the no-internal-process rule; any other parent
+    # (including a container's namespace root) must be empty to enable controllers.
+    _check_parent_empty(fs, parent, root)
+
+    # (4) Top-down: what the parent enables is what the root gets.
+    fs.enable_controllers(parent, spec.controllers)
+    fs.enable_controllers(root, spec.controllers)
+
+    # (5) Adopt: kill orphans, then remove what the spec no longer has.
+    if adopted:
+        _kill_orphans(fs, root, leaf, kill_wait, warnings)
+        _remove_stale(fs, root, leaf, {s.path for s in spec.slices}, warnings)
+
+    # (6) Limits, then the slices, parents first.
+    _write_root_limits(fs, spec, root, leaf, warnings)
+    paths = _make_slices(fs, spec, root, warnings)
+
+    return BuiltTree(
+        root=root,
+        leaf=leaf,
+        paths=paths,
+        warnings=tuple(warnings),
+        adopted=adopted,
+        ownership=ownership,
+        services=frozenset(s.name for s in spec.slices if s.kind == "service"),
+    )
+
+
+def _write_root_limits(
+    fs: CgroupFS, spec: TreeSpec, root: CgroupPath, leaf: CgroupPath, warnings: list[str]
+) -> None:
+    """The root caps the whole tree. Protection (min/low) is hierarchical: a child's effective
+    memory.min is bounded by its parent's, so the root claims the sum its direct children ask
+    for; otherwise the reserve and the slices' min would protect nothing from reclaim outside
+    the tree."""
+    tops = [s for s in spec.slices if len(s.path) == 1]
+    root_limits = Limits(
+        min=spec.reserve + sum(s.limits.min for s in tops),
+        low=sum(s.limits.low for s in tops),
+        max=spec.memory_max,
+    )
+    write_limits(fs, root, root_limits, warnings)
+    write_limits(fs, leaf, Limits(min=spec.reserve), warnings)
+
+
+def _make_slices(
+    fs: CgroupFS, spec: TreeSpec, root: CgroupPath, warnings: list[str]
+) -> dict[str, CgroupPath]:
+    """mkdir every slice (parents first: the spec's order), enable controllers in the inner
+    ones, write every limit. Returns each slice's cgroup by name."""
+    has_children = {s.path[:-1] for s in spec.slices if len(s.path) > 1}
+    paths: dict[str, CgroupPath] = {}
+    for s in spec.slices:
+        p = root.join(*s.path)
+        fs.mkdir(p)
+        _set_subtree(fs, p, s, s.path in has_children, spec.controllers)
+        write_limits(fs, p, s.limits, warnings)
+        paths[s.name] = p
+    return paths
+
+
+def _parent_of(fs: CgroupFS, root: CgroupPath) -> CgroupPath:
+    """The root's parent, which must exist (oomguard creates the root, not what is above)."""
     parent = root.parent
     if parent is None:
         raise CgroupError(
@@ -232,11 +309,16 @@ def build(
             f"cannot build the tree at {root}: its parent cgroup {parent} does not exist",
             "create it (and delegate it to oomguard), or set [oomguard] cgroup elsewhere",
         )
-    leaf = root.child(SUPERVISOR_LEAF)
-    warnings: list[str] = []
-    created = fs.mkdir(root)
+    return parent
+
+
+def _own_root(
+    fs: CgroupFS, root: CgroupPath, ledger: TreeLedger | None, warnings: list[str]
+) -> str:
+    """Create the root, or prove an existing one ours (see "Ownership"); return how it is
+    ours. Raises `ForeignCgroup`, having touched nothing, for anyone else's cgroup."""
     ownership = "created"
-    if not created:
+    if not fs.mkdir(root):
         proof = ownership_proof(fs, root, ledger)
         if proof is not None:
             ownership = proof
@@ -246,95 +328,98 @@ def build(
             raise _foreign(fs, root)
     if ownership in ("created", "claimed-empty"):
         mark_tree(fs, root, ledger, warnings)
-    adopted = ownership not in ("created", "claimed-empty")
+    return ownership
 
-    fs.mkdir(leaf)
-    if adopted:
-        _guard_leaf(fs, leaf, move_pid)
-        # The leaf must stay a leaf: processes cannot be moved into a cgroup that enables
-        # controllers for children (EBUSY), so clear anything an older run left below it.
-        for kid in fs.children(leaf):
-            _remove_subtree(fs, kid)
-        fs.disable_controllers(leaf)
 
-    # (2) Leave the parent before enabling anything.
-    if move_pid is not None:
-        fs.move_pid(leaf, move_pid)
+def _clear_leaf(fs: CgroupFS, leaf: CgroupPath, move_pid: int | None) -> None:
+    """An adopted tree's leaf: refused if another oomguard is in it; else it must stay a leaf:
+    processes cannot be moved into a cgroup that enables controllers for children (EBUSY),
+    so clear anything an older run left below it."""
+    _guard_leaf(fs, leaf, move_pid)
+    for kid in fs.children(leaf):
+        _remove_subtree(fs, kid)
+    fs.disable_controllers(leaf)
 
-    # (3) The real root is exempt from the no-internal-process rule; any other parent
-    # (including a container's namespace root) must be empty to enable controllers.
-    if not fs.is_real_root(parent):
-        others = fs.procs(parent)
-        if others:
-            raise CgroupError(
-                f"cgroup {parent} (the parent of the oomguard tree {root}) still has processes "
-                f"{' '.join(str(p) for p in sorted(others))}, so it cannot enable controllers "
-                f"for the tree (cgroup v2's no-internal-process rule)",
-                _NOT_EMPTY_HINT,
-            )
 
-    # (4) Top-down: what the parent enables is what the root gets.
-    fs.enable_controllers(parent, spec.controllers)
-    fs.enable_controllers(root, spec.controllers)
+def _check_parent_empty(fs: CgroupFS, parent: CgroupPath, root: CgroupPath) -> None:
+    if fs.is_real_root(parent):
+        return
+    others = fs.procs(parent)
+    if others:
+        raise CgroupError(
+            f"cgroup {parent} (the parent of the oomguard tree {root}) still has processes "
+            f"{' '.join(str(p) for p in sorted(others))}, so it cannot enable controllers "
+            f"for the tree (cgroup v2's no-internal-process rule)",
+            _NOT_EMPTY_HINT,
+        )
 
-    by_path = {s.path: s for s in spec.slices}
-    has_children = {s.path[:-1] for s in spec.slices if len(s.path) > 1}
 
-    # (5) Adopt: kill orphans, then remove what the spec no longer has.
-    if adopted:
-        for top in fs.children(root):
-            if top == leaf:
-                continue
-            pids = _kill_and_wait(fs, top, kill_wait)
-            if pids:
-                warnings.append(
-                    f"killed {len(pids)} leftover process(es) in {top} from an earlier run: "
-                    f"{' '.join(str(p) for p in sorted(pids))}"
-                )
-        stale = [
-            cg
-            for cg in fs.walk(root)
-            if not cg.is_relative_to(leaf) and cg != root and cg.relative_to(root) not in by_path
-        ]
-        # A stale cgroup's descendants are stale too; remove deepest first.
-        for cg in sorted(stale, key=lambda c: c.depth, reverse=True):
-            fs.rmdir(cg)
-        if stale:
-            top_stale = [cg for cg in stale if cg.parent is None or cg.parent not in stale]
+def _kill_orphans(
+    fs: CgroupFS, root: CgroupPath, leaf: CgroupPath, kill_wait: float, warnings: list[str]
+) -> None:
+    """Kill what an earlier run left in an adopted tree (everything but our own leaf)."""
+    for top in fs.children(root):
+        if top == leaf:
+            continue
+        pids = _kill_and_wait(fs, top, kill_wait)
+        if pids:
             warnings.append(
-                "removed cgroups no longer in the config: " + " ".join(str(c) for c in top_stale)
+                f"killed {len(pids)} leftover process(es) in {top} from an earlier run: "
+                f"{' '.join(str(p) for p in sorted(pids))}"
             )
 
-    # (6) Limits: the root caps the whole tree. Protection (min/low) is hierarchical: a child's
-    # effective memory.min is bounded by its parent's, so the root claims the sum its direct
-    # children ask for; otherwise the reserve and the slices' min would protect nothing from
-    # reclaim outside the tree.
-    tops = [s for s in spec.slices if len(s.path) == 1]
-    root_limits = Limits(
-        min=spec.reserve + sum(s.limits.min for s in tops),
-        low=sum(s.limits.low for s in tops),
-        max=spec.memory_max,
-    )
-    write_limits(fs, root, root_limits, warnings)
-    write_limits(fs, leaf, Limits(min=spec.reserve), warnings)
 
-    paths: dict[str, CgroupPath] = {}
-    for s in spec.slices:
-        p = root.join(*s.path)
+def _remove_stale(
+    fs: CgroupFS,
+    root: CgroupPath,
+    leaf: CgroupPath,
+    wanted: set[tuple[str, ...]],
+    warnings: list[str],
+) -> None:
+    """Remove the cgroups of an adopted tree that the spec no longer has."""
+    stale = [
+        cg
+        for cg in fs.walk(root)
+        if not cg.is_relative_to(leaf) and cg != root and cg.relative_to(root) not in wanted
+    ]
+    # A stale cgroup's descendants are stale too; remove deepest first.
+    for cg in sorted(stale, key=lambda c: c.depth, reverse=True):
+        fs.rmdir(cg)
+    if stale:
+        top_stale = [cg for cg in stale if cg.parent is None or cg.parent not in stale]
+        warnings.append(
+            "removed cgroups no longer in the config: " + " ".join(str(c) for c in top_stale)
+        )
+
+
+def recreate(
+    fs: CgroupFS, spec: TreeSpec, root: CgroupPath, path: CgroupPath
+) -> tuple[list[CgroupPath], list[str]]:
+    """mkdir `path` again, and every slice above it that went too, parents first, with their
+    configured limits. Returns the cgroups made (parents first; the caller watches them again)
+    and warnings for the log.
+
+    Only what is missing: `build` would adopt the existing tree, and adopting kills every
+    process in it as an orphan of an earlier run, i.e. every running service. The root is never
+    made here: oomguard's own leaf in it is never empty, so it cannot be removed from outside.
+    A path that is not a slice of `spec` is left alone.
+    """
+    by_path = {root.join(*s.path): s for s in spec.slices}
+    inner = {root.join(*s.path[:-1]) for s in spec.slices if len(s.path) > 1}
+    made: list[CgroupPath] = []
+    warnings: list[str] = []
+    for p in [*path.ancestors(), path]:
+        slice_spec = by_path.get(p)
+        if slice_spec is None or fs.exists(p):
+            continue
         fs.mkdir(p)
-        _set_subtree(fs, p, s, s.path in has_children, spec.controllers)
-        write_limits(fs, p, s.limits, warnings)
-        paths[s.name] = p
-
-    return BuiltTree(
-        root=root,
-        leaf=leaf,
-        paths=paths,
-        warnings=tuple(warnings),
-        adopted=adopted,
-        ownership=ownership,
-        services=frozenset(s.name for s in spec.slices if s.kind == "service"),
-    )
+        if p in inner:
+            # Controllers first: a parent must enable them before the children exist, or the
+            # children get no memory.* files (cgroup.subtree_control is top-down).
+            fs.enable_controllers(p, spec.controllers)
+        write_limits(fs, p, slice_spec.limits, warnings)
+        made.append(p)
+    return made, warnings
 
 
 def ownership_proof(fs: CgroupFS, root: CgroupPath, ledger: TreeLedger | None) -> str | None:
@@ -455,28 +540,12 @@ def teardown(
         except Vanished:
             return []
     leaf = root.child(SUPERVISOR_LEAF)
-    messages: list[str] = []
     try:
         tops = [c for c in fs.children(root) if c != leaf]
     except Vanished:
-        return messages
+        return []
     errors: list[CgroupError] = []
-    # Kill all slices first, then wait: the exits of all slices overlap instead of queueing.
-    killed: list[tuple[CgroupPath, list[int]]] = []
-    for top in tops:
-        try:
-            pids = fs.procs_recursive(top)
-            if pids:
-                fs.kill(top)
-                killed.append((top, pids))
-        except Vanished:
-            continue
-        except CgroupError as err:
-            errors.append(err)
-    for top, pids in killed:
-        fs.wait_unpopulated(top, kill_wait)
-        messages.append(f"killed {len(pids)} process(es) in {top}")
-
+    messages = _kill_all(fs, tops, kill_wait, errors)
     remaining = [*tops] if keep_leaf else [*tops, leaf]
     for top in remaining:
         try:
@@ -493,4 +562,27 @@ def teardown(
         first = errors[0]
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise CgroupError(f"teardown of {root} incomplete: {first.message}{more}", first.hint)
+    return messages
+
+
+def _kill_all(
+    fs: CgroupFS, tops: list[CgroupPath], kill_wait: float, errors: list[CgroupError]
+) -> list[str]:
+    """Kill all slices first, then wait: the exits of all slices overlap instead of queueing.
+    Returns a message per slice that held processes; failures go to `errors`."""
+    killed: list[tuple[CgroupPath, list[int]]] = []
+    for top in tops:
+        try:
+            pids = fs.procs_recursive(top)
+            if pids:
+                fs.kill(top)
+                killed.append((top, pids))
+        except Vanished:
+            continue
+        except CgroupError as err:
+            errors.append(err)
+    messages: list[str] = []
+    for top, pids in killed:
+        fs.wait_unpopulated(top, kill_wait)
+        messages.append(f"killed {len(pids)} process(es) in {top}")
     return messages

@@ -18,10 +18,9 @@ if TYPE_CHECKING:
 def supervise(plan: Plan, *, init: bool) -> Outcome:
     """Build the tree, run the services until shutdown, tear down. Raises OomguardError."""
     from oomguard.cgroup.fs import CgroupFS
-    from oomguard.cli._config_view import config_view
     from oomguard.observe.log import Logger
     from oomguard.observe.sink import OutputSink, SinkStream
-    from oomguard.runtime.supervisor import Supervisor, default_self_cgroup
+    from oomguard.runtime.supervisor import RunIO, Supervisor, default_self_cgroup
 
     degraded = degrade_reason(plan)
     if degraded is None:
@@ -47,13 +46,13 @@ def supervise(plan: Plan, *, init: bool) -> Outcome:
 
     try:
         sup = Supervisor(
-            config_view(plan),
+            plan,
             CgroupFS(mount),
             own,
             log,
             init=init,
             degraded=degraded,
-            sinks={2: err_sink},
+            io=RunIO(sinks={2: err_sink}),
         )
         sup.extensions.append(PressureResponse())
         if plan.metrics_listen:

@@ -14,6 +14,7 @@ from oomguard.cgroup.tree import (
     MARK_USER,
     BuiltTree,
     build,
+    recreate,
     resolve_root,
     teardown,
 )
@@ -564,3 +565,69 @@ def test_no_marker_possible_is_a_warning(tmp_path: Path) -> None:
     fs.add_proc(ROOT, SUPERVISOR_PID)
     built = build(fs, spec(), SUPERVISOR_PID, ROOT)
     assert any("cannot mark" in w for w in built.warnings)
+
+
+# ---------------------------------------------------------------------------- recreate
+
+
+def test_recreate_makes_a_removed_service_slice_again_with_its_limits(
+    fake: FakeCgroupFS,
+) -> None:
+    built = build(fake, spec(), SUPERVISOR_PID, ROOT)
+    fake.add_proc(P("/oomguard/db"), 4001)
+    fake.add_proc(P("/oomguard/sidecars/exporter"), 4002)
+    backup = P("/oomguard/sidecars/backup")
+    fake.rmdir(backup)
+    fake.ops.clear()
+    made, warnings = recreate(fake, spec(), built.root, backup)
+    assert (made, warnings) == ([backup], [])
+    assert fake.value(backup, "memory.max") == str(128 * M)
+    assert fake.value(backup, "memory.oom.group") == "1"
+    # Only the missing cgroup: nothing adopted, killed or removed (build would kill the
+    # services it took for orphans).
+    assert [op[:2] for op in fake.ops if op[0] != "write"] == [("mkdir", str(backup))]
+    assert fake.signals == []
+    assert fake.procs(P("/oomguard/db")) == [4001]
+    assert fake.procs(P("/oomguard/sidecars/exporter")) == [4002]
+
+
+def test_recreate_makes_a_removed_budget_first_and_enables_its_controllers(
+    fake: FakeCgroupFS,
+) -> None:
+    built = build(fake, spec(), SUPERVISOR_PID, ROOT)
+    sidecars, backup = P("/oomguard/sidecars"), P("/oomguard/sidecars/backup")
+    for gone in (backup, P("/oomguard/sidecars/exporter"), sidecars):
+        fake.rmdir(gone)
+    fake.ops.clear()
+    made, _ = recreate(fake, spec(), built.root, backup)
+    assert made == [sidecars, backup]  # the sibling exporter only when its own turn comes
+    assert not fake.exists(P("/oomguard/sidecars/exporter"))
+    assert fake.value(sidecars, "memory.max") == str(256 * M)
+    ops = fake.ops
+    assert index(ops, "write", "/oomguard/sidecars", "cgroup.subtree_control", "+memory +pids") < (
+        index(ops, "mkdir", "/oomguard/sidecars/backup")
+    )
+    # The children get their memory files: the budget enabled the controller first.
+    assert fake.value(backup, "memory.max") == str(128 * M)
+
+
+def test_recreate_with_nothing_missing_or_outside_the_spec_does_nothing(
+    fake: FakeCgroupFS,
+) -> None:
+    built = build(fake, spec(), SUPERVISOR_PID, ROOT)
+    fake.ops.clear()
+    assert recreate(fake, spec(), built.root, P("/oomguard/db")) == ([], [])
+    assert recreate(fake, spec(), built.root, P("/oomguard/elsewhere")) == ([], [])
+    assert recreate(fake, spec(), built.root, P("/other/db")) == ([], [])
+    assert fake.ops == []
+
+
+def test_recreate_warns_like_build_about_a_swap_limit_it_cannot_write(tmp_path: Path) -> None:
+    fake = FakeCgroupFS(tmp_path / "cg", swap=False)
+    fake.add_proc(ROOT, SUPERVISOR_PID)
+    built = build(fake, spec(swap_max=64 * M), SUPERVISOR_PID, ROOT)
+    backup = P("/oomguard/sidecars/backup")
+    fake.rmdir(backup)
+    made, warnings = recreate(fake, spec(swap_max=64 * M), built.root, backup)
+    assert made == [backup]
+    assert len(warnings) == 1 and "memory.swap.max is absent" in warnings[0]

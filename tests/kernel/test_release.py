@@ -182,7 +182,7 @@ def test_an_oom_killed_sidecars_slice_is_emptied_without_mrelease(
         kill = og.wait_event("kill", "job", timeout=180)[0]
         assert kill["reason"] == "oom_kill", kill
         # No process_mrelease on the OOM path: the kernel's oom_reaper reaps the victim, and
-        # racing it let a later OOM take the primary (runtime/supervisor.py `_kill_cgroup`).
+        # racing it let a later OOM take the primary (runtime/placement.py `Slices.kill`).
         assert kill.get("mrelease_tried", 0) == 0, kill
         slice_ = og.cgroup("job")
         wait_until(

@@ -43,7 +43,7 @@ def sup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Supervisor]
     monkeypatch.setattr(Supervisor, "_protect_self", lambda self: None, raising=False)
     # As cli/_supervise.py builds it degraded: a mount that is never written, the root path.
     s = Supervisor(
-        config,
+        compile_plan(config),
         CgroupFS(tmp_path / "no-cgroupfs"),
         CgroupPath.ROOT,
         Logger(io.StringIO()),
@@ -111,7 +111,7 @@ def test_metrics_publish_the_services_without_a_tree(sup: Supervisor) -> None:
     ext = MetricsExtension("127.0.0.1:0")
     published = _Published()
     # setup() would start the HTTP server; the publication is what is under test.
-    ctx = SupervisorContext(sup, compile_plan(sup.config))
+    ctx = SupervisorContext(sup, sup.plan)
     ext.ctx, ext.metrics = ctx, published  # type: ignore[assignment]
     ext.after_turn()
     # Before, the extension returned early without a tree: no service series ever.

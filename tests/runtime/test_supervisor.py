@@ -20,10 +20,11 @@ from oomguard.cgroup.path import CgroupPath
 from oomguard.config.compile import compile_plan
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
+from oomguard.policy import oom
 from oomguard.policy import restart as rp
-from oomguard.runtime import supervisor as supmod
 from oomguard.runtime.context import SupervisorContext
-from oomguard.runtime.supervisor import Supervisor
+from oomguard.runtime.placement import Slices
+from oomguard.runtime.supervisor import RunIO, Supervisor
 from tests.cgroup.fakefs import FakeCgroupFS
 
 if TYPE_CHECKING:
@@ -74,13 +75,21 @@ def sup(
     )
     # Lowering this test process's own oom_score_adj is not what is under test.
     monkeypatch.setattr(Supervisor, "_protect_self", lambda self: None, raising=False)
-    s = Supervisor(config, fs, CgroupPath.ROOT, Logger(io.StringIO()), clock=clock)
+    s = Supervisor(
+        compile_plan(config), fs, CgroupPath.ROOT, Logger(io.StringIO()), io=RunIO(clock=clock)
+    )
     s._setup()
     s.now = clock()
     try:
         yield s
     finally:
         s._close()
+
+
+def slices(sup: Supervisor) -> Slices:
+    """The supervisor's placement: services in slices (the tree was built)."""
+    assert isinstance(sup.placement, Slices)
+    return sup.placement
 
 
 def bump(fs: FakeCgroupFS, path: CgroupPath, **rises: int) -> None:
@@ -109,7 +118,7 @@ def test_budget_rise_read_in_the_same_turn_names_the_budget(
             seen.append((path, delta))
 
     sup.extensions.append(Spy())  # type: ignore[arg-type]
-    sup._on_inotify()
+    slices(sup).watch.on_ready()
     kills = events(tmp_path, "oom_kill")
     assert [(k["service"], k["limit_at"]) for k in kills] == [("lo", str(PAIR))]
     # Read once, not logged again as a separate "oom" of the budget...
@@ -123,12 +132,12 @@ def test_budget_rise_read_a_turn_earlier_still_names_the_budget(
     sup: Supervisor, fs: FakeCgroupFS, clock: Clock, tmp_path: Path
 ) -> None:
     bump(fs, PAIR, oom=1)
-    sup._on_inotify()
+    slices(sup).watch.on_ready()
     assert [e["slice"] for e in events(tmp_path, "oom")] == [str(PAIR)]
     clock.t += 0.5
     sup.now = clock()
     bump(fs, LO, oom_kill=2)
-    sup._on_inotify()
+    slices(sup).watch.on_ready()
     kills = events(tmp_path, "oom_kill")
     assert [(k["service"], k["limit_at"], k["count"]) for k in kills] == [("lo", str(PAIR), 2)]
 
@@ -138,11 +147,11 @@ def test_every_victim_of_a_group_kill_names_the_budget(
 ) -> None:
     bump(fs, PAIR, oom=1, oom_group_kill=1)
     bump(fs, HI, oom_kill=2)
-    sup._on_inotify()
+    slices(sup).watch.on_ready()
     clock.t += 0.1
     sup.now = clock()
     bump(fs, LO, oom_kill=2)  # charged a moment later: another loop turn
-    sup._on_inotify()
+    slices(sup).watch.on_ready()
     kills = events(tmp_path, "oom_kill")
     assert sorted((k["service"], k["limit_at"]) for k in kills) == [
         ("hi", str(PAIR)),
@@ -154,17 +163,17 @@ def test_an_old_budget_rise_does_not_explain_a_later_kill(
     sup: Supervisor, fs: FakeCgroupFS, clock: Clock, tmp_path: Path
 ) -> None:
     bump(fs, PAIR, oom=1)
-    sup._on_inotify()
-    clock.t += supmod.OOM_ATTRIBUTION_WINDOW + 1
+    slices(sup).watch.on_ready()
+    clock.t += oom.OOM_ATTRIBUTION_WINDOW + 1
     sup.now = clock()
     bump(fs, LO, oom_kill=1)
-    sup._on_inotify()
+    slices(sup).watch.on_ready()
     assert [k["limit_at"] for k in events(tmp_path, "oom_kill")] == ["outside the tree"]
 
 
 def test_a_slice_of_its_own_limit(sup: Supervisor, fs: FakeCgroupFS, tmp_path: Path) -> None:
     bump(fs, DB, oom=1, oom_kill=1)
-    sup._on_inotify()
+    slices(sup).watch.on_ready()
     assert [(k["service"], k["limit_at"]) for k in events(tmp_path, "oom_kill")] == [
         ("db", str(DB))
     ]
@@ -177,7 +186,7 @@ def test_a_vanished_slice_is_recreated_without_touching_the_others(
     fs.add_proc(DB, 4001)
     fs.add_proc(HI, 4002)
     fs.rmdir(LO)
-    sup._on_inotify()  # the removal is noticed through inotify
+    slices(sup).watch.on_ready()  # the removal is noticed through inotify
     assert fs.exists(LO)
     assert fs.value(LO, "memory.oom.group") == "1"  # the service's limits are written again
     # Nobody was killed: the other slices' processes are where they were.
@@ -188,7 +197,7 @@ def test_a_vanished_slice_is_recreated_without_touching_the_others(
     assert [e["service"] for e in events(tmp_path, "slice_vanished")] == ["lo"]
     # The new cgroup is watched: a kill there is noticed and attributed.
     bump(fs, LO, oom=1, oom_kill=1)
-    sup._on_inotify()
+    slices(sup).watch.on_ready()
     assert [(k["service"], k["limit_at"]) for k in events(tmp_path, "oom_kill")] == [
         ("lo", str(LO))
     ]
@@ -199,9 +208,9 @@ def test_a_stale_removal_report_after_the_slice_came_back_is_not_a_second_remova
 ) -> None:
     fs.rmdir(LO)
     # Noticed first on the exit path (a read raised Vanished), before inotify was read.
-    sup._vanished(sup.services["lo"])
+    slices(sup).slice_vanished(sup.services["lo"])
     bump(fs, LO, oom=1, oom_kill=1)  # lands in the same inotify read as the stale removal
-    sup._on_inotify()
+    slices(sup).watch.on_ready()
     assert [e["service"] for e in events(tmp_path, "slice_vanished")] == ["lo"]
     assert [(k["service"], k["limit_at"]) for k in events(tmp_path, "oom_kill")] == [
         ("lo", str(LO))
@@ -214,7 +223,7 @@ def test_a_vanished_budget_is_recreated_above_its_service(
     fs.rmdir(LO)
     fs.rmdir(HI)
     fs.rmdir(PAIR)
-    sup._vanished(sup.services["lo"])
+    slices(sup).slice_vanished(sup.services["lo"])
     assert fs.exists(PAIR) and fs.exists(LO)
     assert fs.value(PAIR, "memory.max") == str(48 << 20)
     # The budget enables the controllers its children need, before they are made.
@@ -236,7 +245,9 @@ def test_a_second_supervisor_on_the_same_state_dir_is_refused(
             "service": {"db": {"role": "primary", "command": ["sleep", "1000"]}},
         }
     )
-    second = Supervisor(config, fs, CgroupPath.ROOT, Logger(io.StringIO()), clock=clock)
+    second = Supervisor(
+        compile_plan(config), fs, CgroupPath.ROOT, Logger(io.StringIO()), io=RunIO(clock=clock)
+    )
     with pytest.raises(StateDirError, match=f"pid {os.getpid()}") as info:
         second._setup()
     second._close()
@@ -250,9 +261,9 @@ def test_event_log_write_failures_are_counted_and_warned_once_per_burst(
     import errno
 
     out = io.StringIO()
-    sup.log = Logger(out)
-    assert sup.events is not None
-    log_fd = sup.events._fd
+    assert sup.publisher is not None
+    sup.log = sup.publisher.log = Logger(out)
+    log_fd = sup.publisher.events._fd
     real_write = os.write
 
     def full(fd: int, data: bytes) -> int:
@@ -280,7 +291,7 @@ def test_the_loop_calls_each_source_s_own_handler(
     # Registered with handlers (no tag to dispatch on): the signal queue's wake-up fd and the
     # inotify fd of memory.events.local.
     assert sup.signals is not None
-    assert sup.signals.fileno() in sup.loop and sup.inotify.fileno() in sup.loop
+    assert sup.signals.fileno() in sup.loop and slices(sup).watch.fileno() in sup.loop
     bump(fs, PAIR, oom=1)
     assert sup.loop.run_once(5) == 1
     assert [e["slice"] for e in events(tmp_path, "oom")] == [str(PAIR)]
@@ -290,7 +301,7 @@ def test_the_loop_calls_each_source_s_own_handler(
 
 
 def test_extensions_see_the_supervisor_through_the_narrow_context(sup: Supervisor) -> None:
-    ctx = SupervisorContext(sup, compile_plan(sup.config))
+    ctx = SupervisorContext(sup, sup.plan)
     assert ctx.root == ROOT and ctx.primary == "db" and ctx.mode == "enforce"
     assert ctx.names() == tuple(sup.services)
     lo = ctx.service("lo")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from oomguard.cgroup.path import CgroupPath
+from oomguard.config.compile import compile_plan
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
 from oomguard.runtime import launcher
@@ -46,11 +47,11 @@ def _spec_of(
 
     monkeypatch.setattr(launcher, "spawn", record)
     monkeypatch.setenv("OOMGUARD_TEST_SECRET", "hunter2")
-    sup = Supervisor(config, fs, CgroupPath.ROOT, Logger(io.StringIO()))
+    sup = Supervisor(compile_plan(config), fs, CgroupPath.ROOT, Logger(io.StringIO()))
     sup._setup()
     try:
         with pytest.raises(_Recorded):
-            sup._spawn(sup.services["db"])
+            sup.lifecycle.spawn(sup.services["db"])
     finally:
         sup._close()
     (spec,) = seen

@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING
 import pytest
 
 from oomguard.cgroup.path import CgroupPath
+from oomguard.config.compile import compile_plan
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
 from oomguard.policy import restart as rp
-from oomguard.runtime.supervisor import Supervisor
+from oomguard.runtime.supervisor import RunIO, Supervisor
 from tests.cgroup.fakefs import FakeCgroupFS
 
 if TYPE_CHECKING:
@@ -44,7 +45,9 @@ def sup(tmp_path: Path, out: io.StringIO, monkeypatch: pytest.MonkeyPatch) -> It
         }
     )
     monkeypatch.setattr(Supervisor, "_protect_self", lambda self: None, raising=False)
-    s = Supervisor(config, fs, CgroupPath.ROOT, Logger(out), clock=lambda: 1000.0)
+    s = Supervisor(
+        compile_plan(config), fs, CgroupPath.ROOT, Logger(out), io=RunIO(clock=lambda: 1000.0)
+    )
     s._setup()
     s.now = 1000.0
     try:
@@ -145,16 +148,18 @@ def test_dropped_output_is_reported_rate_limited_and_wakes_the_loop_to_flush(
     r, w = os.pipe()  # oomguard's stdout, read by nobody
     clock = Clock()
     out = io.StringIO()
-    s = Supervisor(config, fs, CgroupPath.ROOT, Logger(out), clock=clock, stdout_fd=w)
+    s = Supervisor(
+        compile_plan(config), fs, CgroupPath.ROOT, Logger(out), io=RunIO(clock=clock, stdout_fd=w)
+    )
     try:
         s._setup()
         s.now = clock()
-        sink = s.sinks[w]
-        assert sink.name == "stdout" and s.pump is not None
+        sink = s.output.sinks[w]
+        assert sink.name == "stdout" and s.output.pump is not None
         line = b"db | " + b"y" * 95 + b"\n"
         while sink.pending == 0:
             sink.write_lines([line], "db")
-        s._watch_sinks()
+        s.output.watch()
         assert sink.poll_fd() in s.loop  # the loop waits for EPOLLOUT on the sink...
         for _ in range(5000):
             sink.write_lines([line], "db")
@@ -180,7 +185,7 @@ def test_dropped_output_is_reported_rate_limited_and_wakes_the_loop_to_flush(
         while sink.pending:
             os.read(r, 1 << 16)
             s.loop.run_once(1)
-        s._watch_sinks()
+        s.output.watch()
         assert sink.poll_fd() not in s.loop
     finally:
         s._close()
@@ -234,7 +239,7 @@ def test_signals_are_forwarded_to_the_primary_ignored_or_stop(
         assert "signal_ignored signal=SIGTSTP" in text and "signal_ignored signal=SIGTTOU" in text
         assert sup.shutdown is None  # none of these stops anything
         reaped: list[bool] = []
-        monkeypatch.setattr(sup, "_on_exits", lambda: reaped.append(True))
+        monkeypatch.setattr(sup.lifecycle, "on_exits", lambda: reaped.append(True))
         arrived[:] = [signal.SIGCHLD]
         sup._on_signals()
         assert reaped == [True] and len(child.sent) == 6  # reaps; nothing forwarded
@@ -254,14 +259,14 @@ def test_the_logs_own_dropped_lines_are_an_event_but_no_log_line(
     os.close(r)  # the log's reader is gone
     sink = OutputSink(w, name="stderr")
     try:
-        sup.sinks[w] = sink
+        sup.output.sinks[w] = sink
         sink.write_lines([b"lost\n"], SELF)
-        sup._report_drops()
+        sup.output.report(sup.now, sup.services)
         reports = [e for e in _events(tmp_path) if e["kind"] == "output_dropped"]
         assert [(e["source"], e["lines"]) for e in reports] == [(SELF, 1)]
         assert "output_dropped" not in out.getvalue()
-        assert not sup._unreported_drops()  # nothing calls for another report
+        assert not sup.output.unreported()  # nothing calls for another report
     finally:
-        del sup.sinks[w]
+        del sup.output.sinks[w]
         sink.close()
         os.close(w)
