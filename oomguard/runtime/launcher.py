@@ -54,7 +54,6 @@ from typing import TYPE_CHECKING, NamedTuple, NoReturn, Protocol, cast
 from oomguard import proc
 from oomguard.errors import LaunchError
 from oomguard.events.pidfd import close_pidfd, send_signal
-from oomguard.runtime.output import OutputPump, PumpKey
 from oomguard.runtime.preflight import prepare
 from oomguard.runtime.reaper import wait_exited
 
@@ -64,13 +63,9 @@ if TYPE_CHECKING:
     from oomguard.plan import LogMode
     from oomguard.runtime.preflight import Prepared
 
-# OutputPump and PumpKey live in runtime/output.py; named here too until the supervisor's modules
-# (being split by another lane) import them from there.
 __all__ = [
     "Child",
     "LaunchSpec",
-    "OutputPump",
-    "PumpKey",
     "Stage",
     "send_signal",
     "signal_process_group",

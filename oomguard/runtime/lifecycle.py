@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from oomguard.cgroup.path import CgroupPath
     from oomguard.observe.log import Logger
     from oomguard.plan import Plan
+    from oomguard.runtime.output import OutputPump
     from oomguard.runtime.placement import Placement
     from oomguard.runtime.reaper import Reaper
 
@@ -93,7 +94,7 @@ class Lifecycle:
         #: One line per OOM kill of a service, for the CLI's closing words.
         self.oom_lines: list[str] = []
         #: Prefixes the output of services with log = "prefix" (made by the supervisor).
-        self.pump: launcher.OutputPump | None = None
+        self.pump: OutputPump | None = None
 
     def make_services(self) -> None:
         """One `Service` per spec, in start order, where the placement puts it."""

@@ -13,7 +13,7 @@ import select
 from typing import TYPE_CHECKING, Any
 
 from oomguard.observe.sink import SELF, OutputSink
-from oomguard.runtime import launcher
+from oomguard.runtime.output import OutputPump
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Mapping
@@ -47,7 +47,7 @@ class Sinks:
         self.stderr_fd = stderr_fd
         self.sinks: dict[int, OutputSink] = dict(sinks or {})
         self.own: list[OutputSink] = []
-        self.pump: launcher.OutputPump | None = None
+        self.pump: OutputPump | None = None
         #: The services whose output goes through the pump, with their names as prefixes.
         self.prefixed: tuple[str, ...] = ()
         #: Sinks registered in the loop for EPOLLOUT, by the fd registered.
@@ -56,7 +56,7 @@ class Sinks:
         self._reported: dict[tuple[str, str], int] = {}
         self.next_report = 0.0
 
-    def make_pump(self, prefixed: Collection[str], width: int) -> launcher.OutputPump | None:
+    def make_pump(self, prefixed: Collection[str], width: int) -> OutputPump | None:
         """The pump for the services in `prefixed` (None when there are none)."""
         if not prefixed:
             return None
@@ -66,7 +66,7 @@ class Sinks:
                 sink = OutputSink(fd, name=name)
                 self.sinks[fd] = sink
                 self.own.append(sink)
-        self.pump = launcher.OutputPump(
+        self.pump = OutputPump(
             self.loop, width, stdout_fd=self.stdout_fd, stderr_fd=self.stderr_fd, sinks=self.sinks
         )
         return self.pump
