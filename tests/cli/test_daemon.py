@@ -198,3 +198,13 @@ def test_the_daemon_hashes_without_openssl() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout.splitlines()
     assert out == [f"{hashlib.sha256(b'oomguard').hexdigest()} 32", "[]"]
+
+
+def test_as_pid1_the_job_runs_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_exec(path: str, argv: list[str]) -> None:
+        raise AssertionError("PID 1 must not re-exec (see hand_off)")
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    monkeypatch.setattr(os, "execv", no_exec)
+    monkeypatch.setattr(daemon, "run_job", lambda j: 6)
+    assert daemon.hand_off(job()) == 6
