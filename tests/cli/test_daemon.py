@@ -167,7 +167,7 @@ def test_nothing_the_daemon_imports_pulls_in_pydantic_or_click() -> None:
     # Every module run_job reaches, metrics included (prometheus_client if installed).
     code = (
         "import sys\n"
-        "import oomguard.cli.daemon, oomguard.cli._supervise, oomguard.cli._config_view\n"
+        "import oomguard.cli.daemon, oomguard.cli._supervise\n"
         "import oomguard.runtime.supervisor, oomguard.runtime.pressure\n"
         "import oomguard.cgroup.fs, oomguard.cgroup.discover, oomguard.observe.statedir\n"
         "try:\n"
