@@ -496,22 +496,26 @@ def _daemon_kib(workdir: Path, mount: Path, env: dict[str, str]) -> dict[str, in
     state = workdir / "state"
     root = f"/oomguard-bench-daemon-{os.getpid()}"
     cmd = [*oomguard_cmd(), "run", str(config), "--cgroup", root, "--state-dir", str(state)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    err = (workdir / "stderr").open("wb")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     try:
-        deadline = time.monotonic() + 300
+        # Generous: two interpreter starts under TCG, on a host other jobs may be loading.
+        deadline = time.monotonic() + 900
         while True:
             with contextlib.suppress(FileNotFoundError, ValueError):
                 doc = json.loads((state / "state.json").read_text())
                 if {s["state"] for s in doc["services"].values()} == {"RUNNING"}:
                     break
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"bench: oomguard run did not get its services up ({cmd})")
+                tail = (workdir / "stderr").read_text(errors="replace")[-2000:]
+                raise SystemExit(f"bench: oomguard run did not get its services up ({cmd})\n{tail}")
             time.sleep(0.2)
         time.sleep(2.0)
         return _status_kib(proc.pid)
     finally:
         proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+        proc.wait(timeout=300)
+        err.close()
         with contextlib.suppress(OSError):
             (mount / root.lstrip("/")).rmdir()
 

@@ -167,7 +167,7 @@ def test_nothing_the_daemon_imports_pulls_in_pydantic_or_click() -> None:
     # Every module run_job reaches, metrics included (prometheus_client if installed).
     code = (
         "import sys\n"
-        "import oomguard.cli.daemon, oomguard.cli._supervise, oomguard.cli._config_view\n"
+        "import oomguard.cli.daemon, oomguard.cli._supervise\n"
         "import oomguard.runtime.supervisor, oomguard.runtime.pressure\n"
         "import oomguard.cgroup.fs, oomguard.cgroup.discover, oomguard.observe.statedir\n"
         "try:\n"
@@ -198,3 +198,13 @@ def test_the_daemon_hashes_without_openssl() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
     ).stdout.splitlines()
     assert out == [f"{hashlib.sha256(b'oomguard').hexdigest()} 32", "[]"]
+
+
+def test_as_pid1_the_job_runs_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_exec(path: str, argv: list[str]) -> None:
+        raise AssertionError("PID 1 must not re-exec (see hand_off)")
+
+    monkeypatch.setattr(os, "getpid", lambda: 1)
+    monkeypatch.setattr(os, "execv", no_exec)
+    monkeypatch.setattr(daemon, "run_job", lambda j: 6)
+    assert daemon.hand_off(job()) == 6
