@@ -519,43 +519,53 @@ class CgroupFS(CgroupSyscalls):
         if self.has_file(p, "cgroup.kill"):
             self.write(p, "cgroup.kill", "1")
             return
-        deadline = self._clock() + self.kill_timeout
-        delay = self.backoff_first
-        while True:
-            pids = self.procs_recursive(p)
-            if not pids:
-                return
-            now = self._clock()
-            if now >= deadline:
-                raise CgroupError(
-                    f"cannot kill the processes of cgroup {p}: still there after "
-                    f"{self.kill_timeout:g}s: {_pids_text(pids)}",
-                    "a process in uninterruptible sleep (D state) cannot die until its I/O ends",
-                )
-            self._signal_members(p, pids)
-            self._sleep(min(delay, deadline - now))
-            delay = min(delay * 2, self.backoff_cap)
+        _kill_each(self, p)
 
-    def _signal_members(self, p: CgroupPath, pids: list[int]) -> None:
-        # A pid read from cgroup.procs can exit and be reused by an unrelated process before we
-        # signal it. Pin each one with a pidfd first, then re-read the membership: a pidfd that
-        # still refers to a member can be signalled safely, whatever happens to the number.
-        import signal  # here, not at the top: `oomguard status` never kills (~1 ms of enum setup)
 
-        pinned: dict[int, int] = {}
-        try:
-            for pid in pids:
-                fd = self._sys_pidfd_open(pid)
-                if fd is not None:
-                    pinned[pid] = fd
-            members = set(self.procs_recursive(p))
-            for pid, fd in pinned.items():
-                if pid in members:
-                    self._sys_signal(pid, fd, signal.SIGKILL)
-        finally:
-            for fd in pinned.values():
-                if fd >= 0:
-                    os.close(fd)
+# ------------------------------------------------------------- kill without cgroup.kill (< 5.14)
+
+
+def _kill_each(fs: CgroupFS, p: CgroupPath) -> None:
+    """SIGKILL each process of `p`'s subtree until it is empty, re-reading the pids each round
+    to catch forks; CgroupError after `kill_timeout`."""
+    deadline = fs._clock() + fs.kill_timeout
+    delay = fs.backoff_first
+    while True:
+        pids = fs.procs_recursive(p)
+        if not pids:
+            return
+        now = fs._clock()
+        if now >= deadline:
+            raise CgroupError(
+                f"cannot kill the processes of cgroup {p}: still there after "
+                f"{fs.kill_timeout:g}s: {_pids_text(pids)}",
+                "a process in uninterruptible sleep (D state) cannot die until its I/O ends",
+            )
+        _signal_members(fs, p, pids)
+        fs._sleep(min(delay, deadline - now))
+        delay = min(delay * 2, fs.backoff_cap)
+
+
+def _signal_members(fs: CgroupFS, p: CgroupPath, pids: list[int]) -> None:
+    # A pid read from cgroup.procs can exit and be reused by an unrelated process before we
+    # signal it. Pin each one with a pidfd first, then re-read the membership: a pidfd that
+    # still refers to a member can be signalled safely, whatever happens to the number.
+    import signal  # here, not at the top: `oomguard status` never kills (~1 ms of enum setup)
+
+    pinned: dict[int, int] = {}
+    try:
+        for pid in pids:
+            fd = fs._sys_pidfd_open(pid)
+            if fd is not None:
+                pinned[pid] = fd
+        members = set(fs.procs_recursive(p))
+        for pid, fd in pinned.items():
+            if pid in members:
+                fs._sys_signal(pid, fd, signal.SIGKILL)
+    finally:
+        for fd in pinned.values():
+            if fd >= 0:
+                os.close(fd)
 
 
 # ------------------------------------------------------------------------------ error mapping

@@ -54,7 +54,7 @@ READ_ONLY = "the cgroup filesystem is read-only"
 OWN_UNREACHABLE = "our cgroup is not reachable through the cgroup2 mount"
 
 
-class Level(Enum):
+class CheckLevel(Enum):
     OK = "ok"
     WARN = "warn"
     FAIL = "fail"
@@ -85,7 +85,7 @@ class Verdict(Enum):
 @dataclass(frozen=True)
 class Item:
     key: str
-    level: Level
+    level: CheckLevel
     detail: str
     fix: str | None = None
     group: Group = Group.INFO
@@ -125,11 +125,11 @@ def _names(s: frozenset[str] | None) -> str:
 
 
 def _fail(key: str, detail: str, fix: str | None, degrades: str | None = None) -> Item:
-    return Item(key, Level.FAIL, detail, fix, Group.CGROUP, degrades)
+    return Item(key, CheckLevel.FAIL, detail, fix, Group.CGROUP, degrades)
 
 
 def _ok(key: str, detail: str) -> Item:
-    return Item(key, Level.OK, detail, group=Group.CGROUP)
+    return Item(key, CheckLevel.OK, detail, group=Group.CGROUP)
 
 
 # -- cgroup items ------------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def _hybrid_item(d: Discovery) -> Item:
             "cgroup-v2", detail, FIX_BOOT_V2, NO_MOUNT if d.mount is None else MEMORY_ON_V1
         )
     detail = f"hybrid host: {_names(d.v1_controllers)} on cgroup v1, memory on {where}"
-    return Item("cgroup-v2", Level.WARN, detail, FIX_BOOT_V2, Group.CGROUP)
+    return Item("cgroup-v2", CheckLevel.WARN, detail, FIX_BOOT_V2, Group.CGROUP)
 
 
 def _mode_item(d: Discovery) -> Item:
@@ -189,7 +189,7 @@ def _controller_item(d: Discovery, name: str, tree_root: str | None) -> Item:
         detail = f"{name} controller not enabled in the parent of {own}"
         fix = f"echo +{name} > {_parent_dir(d)}/cgroup.subtree_control (as root); {FIX_DELEGATE}"
     if not required:
-        return Item(f"{name}-controller", Level.WARN, detail, fix, Group.CGROUP)
+        return Item(f"{name}-controller", CheckLevel.WARN, detail, fix, Group.CGROUP)
     # An unreadable cgroup.controllers is not proof: the builder gets to try.
     degrades = None if available is None else (reason or MEMORY_NOT_DELEGATED)
     return _fail(f"{name}-controller", detail, fix, degrades)
@@ -234,7 +234,7 @@ def _own_cgroup_item(d: Discovery) -> Item:
         return _fail("own-cgroup", detail, fix)
     # As root we can still build the tree elsewhere, e.g. [oomguard] cgroup = "/oomguard".
     fix += ', or set [oomguard] cgroup = "/oomguard" in the config (or --cgroup /oomguard)'
-    return Item("own-cgroup", Level.WARN, detail, fix, Group.CGROUP)
+    return Item("own-cgroup", CheckLevel.WARN, detail, fix, Group.CGROUP)
 
 
 def cgroup_items(d: Discovery, tree_root: str | None = None) -> list[Item]:
@@ -264,10 +264,10 @@ def cgroup_items(d: Discovery, tree_root: str | None = None) -> list[Item]:
 def _psi_item(d: Discovery) -> Item:
     # PSI: memory.pressure per slice feeds the early-pressure response; needs CONFIG_PSI, psi=1.
     if d.psi_system and d.psi_cgroup is not False:
-        return Item("psi", Level.OK, "pressure stall information available")
+        return Item("psi", CheckLevel.OK, "pressure stall information available")
     return Item(
         "psi",
-        Level.WARN,
+        CheckLevel.WARN,
         "no PSI (/proc/pressure/memory missing): pressure triggers are off; oomguard "
         "falls back to memory.high events and headroom",
         "boot with psi=1 (kernel built with CONFIG_PSI)",
@@ -281,14 +281,14 @@ def _kernel_items(d: Discovery) -> list[Item]:
             f"kernel {d.kernel_release} has no cgroup.kill (5.14+): a slice is killed "
             "pid by pid, which can race with fork"
         )
-        items.append(Item("cgroup.kill", Level.WARN, detail, "use a 5.14 or newer kernel"))
+        items.append(Item("cgroup.kill", CheckLevel.WARN, detail, "use a 5.14 or newer kernel"))
     elif d.cgroup_kill:
-        items.append(Item("cgroup.kill", Level.OK, "kills a whole slice atomically"))
+        items.append(Item("cgroup.kill", CheckLevel.OK, "kills a whole slice atomically"))
     if d.memory_peak is False:
         detail = "no memory.peak (5.19+): status shows no peak usage"
-        items.append(Item("memory.peak", Level.WARN, detail, "use a 5.19 or newer kernel"))
+        items.append(Item("memory.peak", CheckLevel.WARN, detail, "use a 5.19 or newer kernel"))
     elif d.memory_peak:
-        items.append(Item("memory.peak", Level.OK, "peak usage per slice available"))
+        items.append(Item("memory.peak", CheckLevel.OK, "peak usage per slice available"))
     return items
 
 
@@ -298,15 +298,17 @@ def _oom_score_adj_item(d: Discovery) -> Item:
     if not d.oom_score_adj_writable:
         detail = "/proc/self/oom_score_adj is not writable"
         fix = "mount /proc read-write (the container runtime may mask it)"
-        return Item("oom_score_adj", Level.FAIL, detail, fix, g)
+        return Item("oom_score_adj", CheckLevel.FAIL, detail, fix, g)
     if not d.cap_sys_resource:
         detail = (
             "no CAP_SYS_RESOURCE: sidecars' oom_score_adj can be raised, but the primary "
             "cannot be protected with a negative value"
         )
         fix = "run as root with CAP_SYS_RESOURCE (docker/podman --cap-add=SYS_RESOURCE)"
-        return Item("oom_score_adj", Level.WARN, detail, fix, g)
-    return Item("oom_score_adj", Level.OK, "can be raised and lowered (CAP_SYS_RESOURCE)", group=g)
+        return Item("oom_score_adj", CheckLevel.WARN, detail, fix, g)
+    return Item(
+        "oom_score_adj", CheckLevel.OK, "can be raised and lowered (CAP_SYS_RESOURCE)", group=g
+    )
 
 
 def _swap_item(d: Discovery) -> Item:
@@ -315,15 +317,18 @@ def _swap_item(d: Discovery) -> Item:
             "no swap: PSI memory stalls show late, so oomguard also watches memory.high "
             "events and headroom"
         )
-        return Item("swap", Level.OK, detail)
+        return Item("swap", CheckLevel.OK, detail)
     if d.memory_swap_max is False:
         detail = (
             f"{d.swap_bytes >> 20} MiB swap but no memory.swap.max: slices can swap without limit"
         )
         return Item(
-            "swap", Level.WARN, detail, "boot with swapaccount=1 (kernel with CONFIG_MEMCG_SWAP)"
+            "swap",
+            CheckLevel.WARN,
+            detail,
+            "boot with swapaccount=1 (kernel with CONFIG_MEMCG_SWAP)",
         )
-    return Item("swap", Level.OK, f"{d.swap_bytes >> 20} MiB swap, limited per slice")
+    return Item("swap", CheckLevel.OK, f"{d.swap_bytes >> 20} MiB swap, limited per slice")
 
 
 def _own_limit_items(d: Discovery) -> list[Item]:
@@ -337,7 +342,7 @@ def _own_limit_items(d: Discovery) -> list[Item]:
             "keep the sum of slice limits below its memory.max minus oomguard's reserve, "
             "so OOMs happen inside a slice"
         )
-        items.append(Item("own-oom-group", Level.WARN, detail, fix))
+        items.append(Item("own-oom-group", CheckLevel.WARN, detail, fix))
     if d.own_memory_max is not None:
         from oomguard.units import format_size
 
@@ -345,15 +350,17 @@ def _own_limit_items(d: Discovery) -> list[Item]:
             f"our cgroup's memory.max is {format_size(d.own_memory_max)}: the tree's "
             "limits must fit below it"
         )
-        items.append(Item("own-limit", Level.OK, detail))
+        items.append(Item("own-limit", CheckLevel.OK, detail))
     return items
 
 
 def _context_items(d: Discovery) -> list[Item]:
     ctx = "; ".join(d.container.reasons) if d.container.in_container else "not in a container"
-    items = [Item("container", Level.OK, ctx)]
+    items = [Item("container", CheckLevel.OK, ctx)]
     if d.is_pid1:
-        items.append(Item("pid1", Level.OK, "PID 1: oomguard reaps orphans and forwards signals"))
+        items.append(
+            Item("pid1", CheckLevel.OK, "PID 1: oomguard reaps orphans and forwards signals")
+        )
     if d.mount is not None:
         options = (
             ("nsdelegate", d.mount.nsdelegate),
@@ -363,7 +370,7 @@ def _context_items(d: Discovery) -> list[Item]:
         detail = f"{d.mount.path}: {', '.join(opts) or 'no nsdelegate/memory_recursiveprot'}"
         if not d.mount.memory_recursiveprot:
             detail += " (memory.min/low protect only where set on every ancestor)"
-        items.append(Item("mount-options", Level.OK, detail))
+        items.append(Item("mount-options", CheckLevel.OK, detail))
     return items
 
 
@@ -398,8 +405,8 @@ def assess(d: Discovery, tree_root: str | None = None) -> Assessment:
     """Judge a discovery. READY: no item fails. CANNOT_RUN: cgroup limits are impossible and
     oom_score_adj cannot be written either. Anything else: DEGRADED. `tree_root`: see the
     module doc."""
-    items = [Item("kernel", Level.OK, d.kernel_release), *cgroup_items(d, tree_root)]
-    cgroup_ok = not any(i.level is Level.FAIL for i in items)
+    items = [Item("kernel", CheckLevel.OK, d.kernel_release), *cgroup_items(d, tree_root)]
+    cgroup_ok = not any(i.level is CheckLevel.FAIL for i in items)
     items += feature_items(d, cgroup_ok)
     verdict, summary = _verdict(cgroup_ok, d.oom_score_adj_writable)
     return Assessment(items=tuple(items), verdict=verdict, summary=summary)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from oomguard.cgroup.verdict import Assessment, Level, assess
+from oomguard.cgroup.verdict import Assessment, CheckLevel, assess
 
 if TYPE_CHECKING:
     from oomguard.cgroup.discover import Discovery
@@ -26,8 +26,10 @@ def render(a: Assessment, d: Discovery) -> str:
     rows: list[list[str]] = []
     shown: set[str] = set()
     for i in a.items:
-        rows.append([i.level.value.upper() if i.level is not Level.OK else "ok", i.key, i.detail])
-        if i.fix and i.level is not Level.OK:
+        rows.append(
+            [i.level.value.upper() if i.level is not CheckLevel.OK else "ok", i.key, i.detail]
+        )
+        if i.fix and i.level is not CheckLevel.OK:
             # One root cause (e.g. a hybrid boot) fails several items; say its fix once.
             rows.append(["", "", "fix: as above" if i.fix in shown else f"fix: {i.fix}"])
             shown.add(i.fix)

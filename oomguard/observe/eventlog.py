@@ -151,10 +151,6 @@ class EventLog:
         """Write one event. `cgroup` is a CgroupPath or str (written as ``str(cgroup)``); it is
         named like the field it fills. Details must be flat: scalars (lists of scalars are allowed).
         Returns False if the line could not be written (see class docstring)."""
-        if "slice" in details and cgroup is None:
-            # The keyword's old name, from callers written before the rename (the supervisor's
-            # split is landing beside it); the same meaning. Gone once they pass cgroup=.
-            cgroup = details.pop("slice")
         check_name(kind, "event kind")
         for key, value in details.items():
             check_name(key, "event detail")

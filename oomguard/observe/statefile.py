@@ -1,10 +1,10 @@
 """Reading ``<state_dir>/state.json``: the one reader, for ``oomguard status``, ``oomguard
-events`` and the supervisor's look for survivors of a killed run (observe/state.py re-exports it
-beside the writer).
+events`` and the supervisor's look for survivors of a killed run (observe/state.read_state
+delegates here, beside the writer).
 
-Import-light on purpose (``os``, ``errno`` and `oomguard.proc`; ``json`` only once there is a file
-to parse): ``oomguard status`` starts with this module, and is what people run in a loop while a
-database is in trouble.
+Import-light on purpose (``os``, ``errno`` and oomguard/proc.py, the /proc owner; ``json`` only
+once there is a file to parse): ``oomguard status`` starts with this module, and is what people
+run in a loop while a database is in trouble.
 
 ``version`` is the format's major number. A change that an older reader would misread bumps it;
 a new key does not (readers use ``.get``: an older writer may lack newer keys). So a document of

@@ -7,7 +7,7 @@ import pytest
 
 from oomguard.cgroup import verdict as v
 from oomguard.cgroup.discover import Cgroup2Mount, Discovery, HostMode, V1Mount
-from oomguard.cgroup.verdict import Level, Verdict, assess
+from oomguard.cgroup.verdict import CheckLevel, Verdict, assess
 from tests.cli.test_check import DOCKER_RO, HYBRID, READY
 
 RO = Cgroup2Mount("/sys/fs/cgroup", "/", True, True, True)
@@ -93,7 +93,7 @@ def test_verdict_over_facts(
     if degraded is not None:
         # What run degrades for, check shows as a failed cgroup item with its fix.
         item = next(i for i in a.items if i.degrades == degraded)
-        assert item.level is Level.FAIL and item.group is v.Group.CGROUP
+        assert item.level is CheckLevel.FAIL and item.group is v.Group.CGROUP
         assert a.degraded_fix == item.fix
 
 
@@ -108,7 +108,7 @@ def test_a_mount_out_of_reach_is_not_ready_for_check_either() -> None:
     # `check` said "ready" here while `run` degraded ("no cgroup v2 mount").
     a = assess(HYBRID_ELSEWHERE)
     item = next(i for i in a.items if i.key == "cgroup2-mount")
-    assert item.level is Level.FAIL and "mount -t cgroup2" in (item.fix or "")
+    assert item.level is CheckLevel.FAIL and "mount -t cgroup2" in (item.fix or "")
 
 
 def test_the_read_only_fix_is_given_for_a_read_only_mount_and_delegation_otherwise() -> None:
@@ -119,7 +119,7 @@ def test_the_read_only_fix_is_given_for_a_read_only_mount_and_delegation_otherwi
 
 def test_ready_host_items_are_all_ok_with_an_explicit_root() -> None:
     a = assess(READY, "/oomguard")
-    assert all(i.level is Level.OK for i in a.items)
+    assert all(i.level is CheckLevel.OK for i in a.items)
     # The tree is not under our cgroup, so who else is in it does not matter.
     assert not any(i.key == "own-cgroup" for i in a.items)
 

@@ -14,7 +14,7 @@ from oomguard.cgroup.discover import (
     HostMode,
     V1Mount,
 )
-from oomguard.cgroup.verdict import Assessment, Item, Level, Verdict, assess
+from oomguard.cgroup.verdict import Assessment, CheckLevel, Item, Verdict, assess
 from oomguard.cli import check
 
 V2 = Cgroup2Mount("/sys/fs/cgroup", "/", False, True, True)
@@ -93,7 +93,9 @@ def test_ready_guest() -> None:
     a = assess(READY)
     assert a.verdict is Verdict.READY
     assert a.exit_code == 0
-    assert all(i.level is Level.OK for i in a.items), [i for i in a.items if i.level != Level.OK]
+    assert all(i.level is CheckLevel.OK for i in a.items), [
+        i for i in a.items if i.level != CheckLevel.OK
+    ]
     assert a.summary.startswith("ready")
 
 
@@ -102,26 +104,26 @@ def test_hybrid_host_explains_and_degrades() -> None:
     assert a.verdict is Verdict.DEGRADED
     assert a.exit_code == 1
     v2 = item(a, "cgroup-v2")
-    assert v2.level is Level.FAIL
+    assert v2.level is CheckLevel.FAIL
     assert "hybrid" in v2.detail and "memory is on cgroup v1" in v2.detail
     assert "/sys/fs/cgroup/memory" in v2.detail
     assert v2.fix is not None and "systemd.unified_cgroup_hierarchy=1" in v2.fix
     assert "cgroup_no_v1=all" in v2.fix
-    assert item(a, "memory-controller").level is Level.FAIL
+    assert item(a, "memory-controller").level is CheckLevel.FAIL
     # Without CAP_SYS_RESOURCE the primary can't get a negative score: a warning, not a fail.
     adj = item(a, "oom_score_adj")
-    assert adj.level is Level.WARN and adj.fix is not None and "SYS_RESOURCE" in adj.fix
+    assert adj.level is CheckLevel.WARN and adj.fix is not None and "SYS_RESOURCE" in adj.fix
 
 
 def test_read_only_cgroupfs_in_container() -> None:
     a = assess(DOCKER_RO)
     assert a.verdict is Verdict.DEGRADED
     w = item(a, "cgroupfs-writable")
-    assert w.level is Level.FAIL
+    assert w.level is CheckLevel.FAIL
     assert w.fix is not None
     assert "--privileged" in w.fix and "unmask=/sys/fs/cgroup" in w.fix
     assert "--cgroupns=private" in w.fix
-    assert item(a, "pid1").level is Level.OK
+    assert item(a, "pid1").level is CheckLevel.OK
     assert "private cgroup namespace" in item(a, "container").detail
 
 
@@ -135,7 +137,7 @@ def test_not_delegated_cgroup() -> None:
         euid=1000,
     )
     w = item(assess(d), "cgroupfs-writable")
-    assert w.level is Level.FAIL
+    assert w.level is CheckLevel.FAIL
     assert w.fix is not None and "systemd-run --scope -p Delegate=yes" in w.fix
     assert "uid 1000" in w.detail
 
@@ -149,7 +151,7 @@ def test_memory_not_enabled_in_parent() -> None:
     )
     a = assess(d)
     m = item(a, "memory-controller")
-    assert m.level is Level.FAIL
+    assert m.level is CheckLevel.FAIL
     assert "memory controller not enabled in the parent" in m.detail
     assert m.fix is not None and "echo +memory > /sys/fs/cgroup/cgroup.subtree_control" in m.fix
     assert a.verdict is Verdict.DEGRADED
@@ -157,12 +159,14 @@ def test_memory_not_enabled_in_parent() -> None:
 
 def test_missing_pids_controller_only_warns() -> None:
     a = assess(READY._replace(controllers=frozenset({"memory"})))
-    assert item(a, "pids-controller").level is Level.WARN
+    assert item(a, "pids-controller").level is CheckLevel.WARN
     assert a.verdict is Verdict.READY
 
 
-@pytest.mark.parametrize(("root_writable", "level"), [(True, Level.WARN), (False, Level.FAIL)])
-def test_other_processes_in_our_cgroup(root_writable: bool, level: Level) -> None:
+@pytest.mark.parametrize(
+    ("root_writable", "level"), [(True, CheckLevel.WARN), (False, CheckLevel.FAIL)]
+)
+def test_other_processes_in_our_cgroup(root_writable: bool, level: CheckLevel) -> None:
     d = READY._replace(
         own_cgroup="/session.scope",
         own_is_root=False,
@@ -178,7 +182,7 @@ def test_other_processes_in_our_cgroup(root_writable: bool, level: Level) -> Non
 
 def test_root_cgroup_is_exempt_from_no_internal_process_rule() -> None:
     own = item(assess(READY._replace(other_procs=(1, 2, 3))), "own-cgroup")
-    assert own.level is Level.OK
+    assert own.level is CheckLevel.OK
 
 
 def test_legacy_and_none() -> None:
@@ -201,7 +205,7 @@ def test_cannot_run_when_nothing_works() -> None:
     a = assess(d)
     assert a.verdict is Verdict.CANNOT_RUN
     assert a.exit_code == 2
-    assert item(a, "oom_score_adj").level is Level.FAIL
+    assert item(a, "oom_score_adj").level is CheckLevel.FAIL
 
 
 def test_cgroups_fine_but_oom_score_adj_unwritable_is_degraded() -> None:
@@ -212,15 +216,15 @@ def test_cgroups_fine_but_oom_score_adj_unwritable_is_degraded() -> None:
 def test_old_kernel_features_warn_only() -> None:
     a = assess(READY._replace(kernel_release="5.10.0", cgroup_kill=False, memory_peak=False))
     assert a.verdict is Verdict.READY
-    assert item(a, "cgroup.kill").level is Level.WARN
-    assert item(a, "memory.peak").level is Level.WARN
+    assert item(a, "cgroup.kill").level is CheckLevel.WARN
+    assert item(a, "memory.peak").level is CheckLevel.WARN
 
 
 def test_no_psi_and_unaccounted_swap_warn() -> None:
     a = assess(READY._replace(psi_system=False, swap_bytes=1 << 30, memory_swap_max=False))
-    assert item(a, "psi").level is Level.WARN
+    assert item(a, "psi").level is CheckLevel.WARN
     swap = item(a, "swap")
-    assert swap.level is Level.WARN and "1024 MiB" in swap.detail
+    assert swap.level is CheckLevel.WARN and "1024 MiB" in swap.detail
     assert swap.fix is not None and "swapaccount=1" in swap.fix
     assert a.verdict is Verdict.READY
 
@@ -284,7 +288,7 @@ def test_live_check_exit_code_matches_its_json() -> None:
 def test_kubernetes_oom_group_on_our_cgroup_warns() -> None:
     a = assess(DOCKER_RO._replace(own_oom_group=True, own_memory_max=2 << 30))
     group = item(a, "own-oom-group")
-    assert group.level is Level.WARN
+    assert group.level is CheckLevel.WARN
     assert "memory.oom.group=1" in group.detail
     assert group.fix is not None and "reserve" in group.fix
     assert "2G" in item(a, "own-limit").detail

@@ -53,7 +53,7 @@ def state_dir(tmp_path: Path) -> Path:
     write_events(
         tmp_path,
         (T0, "oom_kill", "backup",
-         {"slice": "/oomguard/sidecars/backup", "delta": 1, "current": 64 << 20, "max": 64 << 20}),
+         {"cgroup": "/oomguard/sidecars/backup", "delta": 1, "current": 64 << 20, "max": 64 << 20}),
         (T0 + 1, "restart", "backup", {"reason": "oom_kill", "attempt": 3, "delay": 0.4}),
         (T0 + 2, "start", "db", {"pid": 123, "note": "two words"}),
     )  # fmt: skip
@@ -64,12 +64,17 @@ def test_human_output(capsys: pytest.CaptureFixture[str], state_dir: Path) -> No
     code, out, err = run(capsys, "--state-dir", str(state_dir))
     assert code == 0 and err == ""
     assert out.splitlines() == [
-        # A log written before "slice" was renamed "cgroup" prints like a new one.
         "2026-11-25T22:31:02Z  backup   oom_kill  "
         "cgroup=/oomguard/sidecars/backup delta=1 current=64M max=64M",
         "2026-11-25T22:31:03Z  backup   restart   reason=oom_kill attempt=3 delay=0.4s",
         '2026-11-25T22:31:04Z  db       start     pid=123 note="two words"',
     ]
+
+
+def test_an_event_of_an_older_log_shows_its_slice_as_cgroup() -> None:
+    # A log written before "slice" was renamed "cgroup" has only "slice".
+    event = {"ts": T0, "kind": "exit", "service": "db", "slice": "/og/db", "code": 0}
+    assert format_event(event) == "2026-11-25T22:31:02Z  db       exit      cgroup=/og/db code=0"
 
 
 def test_a_new_event_shows_its_cgroup_once() -> None:
