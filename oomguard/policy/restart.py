@@ -381,53 +381,80 @@ def decide(params: RestartParams, rec: Record, event: Event, now: float) -> Resu
 
 
 def _dispatch(params: RestartParams, rec: Record, event: Event, now: float) -> Result:
-    state = rec.state
     match event:
         case Start():
-            if state in (State.STOPPED, State.EXITED, State.FATAL):
-                return _fresh_start(rec, event.reason)
-            return rec, []  # already up, starting, scheduled, stopping, or evicted
+            return _on_start(rec, event.reason)
         case Spawned(pid=pid):
-            if state is State.STARTING and rec.pid is None:
-                return _spawned(params, rec, pid, now)
-            if state is State.STOPPING and rec.pid is None:
-                return _spawned_while_stopping(params, rec, pid, now)
-            return _ignored(rec, "Spawned", pid=pid)
-        case SpawnFailed(message=message):
-            if state is State.STARTING and rec.pid is None:
-                return _restart_policy(params, rec, None, now, error=message)
-            if state is State.STOPPING and rec.pid is None:
-                return _stop_finished(params, rec, None, now, error=message)
-            return _ignored(rec, "SpawnFailed", message=message)
-        case Exited(exit=info):
-            if state in (State.STARTING, State.RUNNING) and rec.pid is not None:
-                return _restart_policy(params, rec, info, now, error=None)
-            if state is State.STOPPING and rec.pid is not None:
-                return _stop_finished(params, rec, info, now, error=None)
-            return _ignored(rec, "Exited", **info.fields())
+            return _on_spawned(params, rec, pid, now)
+        case SpawnFailed() | Exited():
+            return _on_gone(params, rec, event, now)
         case Stop(reason=reason):
-            if state in (State.STARTING, State.RUNNING):
-                return _begin_stop(params, rec, reason, now)
-            if state is State.BACKOFF:
-                return _stop_during_backoff(rec, reason)
-            if state is State.STOPPING:
-                return _stop_while_stopping(rec, reason)
-            if state is State.EVICTED and reason == "shutdown":
-                return _evicted_shutdown(rec)
-            return rec, []  # already down
+            return _on_stop(params, rec, reason, now)
         case Ready(pid=pid):
-            if state is State.STARTING and rec.pid == pid and params.ready_timeout is not None:
-                return _became_running(rec, now, probed=True)
-            return rec, []  # a late or repeated probe result (READY=1 sent twice): no-op
+            return _on_ready(params, rec, pid, now)
         case Release():
-            if state is State.EVICTED:
-                return _request_spawn(rec, "start", reason="release")
-            if state is State.STOPPING and rec.stop_reason == "evict":
-                return _release_while_evicting(rec)
-            return rec, []  # not evicted
+            return _on_release(rec)
         case Tick():
             return _tick(params, rec, now)
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover - exhaustive match
+
+
+def _on_start(rec: Record, reason: str) -> Result:
+    if rec.state in (State.STOPPED, State.EXITED, State.FATAL):
+        return _fresh_start(rec, reason)
+    return rec, []  # already up, starting, scheduled, stopping, or evicted
+
+
+def _on_ready(params: RestartParams, rec: Record, pid: int, now: float) -> Result:
+    if rec.state is State.STARTING and rec.pid == pid and params.ready_timeout is not None:
+        return _became_running(rec, now, probed=True)
+    return rec, []  # a late or repeated probe result (READY=1 sent twice): no-op
+
+
+def _on_spawned(params: RestartParams, rec: Record, pid: int, now: float) -> Result:
+    if rec.state is State.STARTING and rec.pid is None:
+        return _spawned(params, rec, pid, now)
+    if rec.state is State.STOPPING and rec.pid is None:
+        return _spawned_while_stopping(params, rec, pid, now)
+    return _ignored(rec, "Spawned", pid=pid)
+
+
+def _on_gone(params: RestartParams, rec: Record, event: SpawnFailed | Exited, now: float) -> Result:
+    """SpawnFailed (the spawn in flight failed) or Exited (the process was reaped)."""
+    if isinstance(event, SpawnFailed):
+        info, error, exists = None, event.message, rec.pid is None
+        fields: dict[str, FieldValue] = {"message": event.message}
+    else:
+        info, error, exists = event.exit, None, rec.pid is not None
+        fields = dict(event.exit.fields())
+    # `exists`: the process (Exited) or the spawn in flight (SpawnFailed) this event is about.
+    # RUNNING always has a pid, so a SpawnFailed can only be for STARTING or STOPPING.
+    if exists and rec.state in (State.STARTING, State.RUNNING):
+        return _restart_policy(params, rec, info, now, error=error)
+    if exists and rec.state is State.STOPPING:
+        return _stop_finished(params, rec, info, now, error=error)
+    return _ignored(rec, type(event).__name__, **fields)
+
+
+def _on_stop(params: RestartParams, rec: Record, reason: StopReason, now: float) -> Result:
+    state = rec.state
+    if state in (State.STARTING, State.RUNNING):
+        return _begin_stop(params, rec, reason, now)
+    if state is State.BACKOFF:
+        return _stop_during_backoff(rec, reason)
+    if state is State.STOPPING:
+        return _stop_while_stopping(rec, reason)
+    if state is State.EVICTED and reason == "shutdown":
+        return _evicted_shutdown(rec)
+    return rec, []  # already down
+
+
+def _on_release(rec: Record) -> Result:
+    if rec.state is State.EVICTED:
+        return _request_spawn(rec, "start", reason="release")
+    if rec.state is State.STOPPING and rec.stop_reason == "evict":
+        return _release_while_evicting(rec)
+    return rec, []  # not evicted
 
 
 def _tick(params: RestartParams, rec: Record, now: float) -> Result:
