@@ -8,7 +8,7 @@ timeout that makes a never-ready service a failed start is the policy's, not the
 
 * ``command``: a oneshot (`runtime.oneshot`) every ``interval``, in the service's own cgroup, as
   its user, with its environment; exit 0 means ready. An attempt is killed after ``interval`` or
-  `ATTEMPT_MIN` seconds, whichever is longer, and counts as "not yet".
+  `plan.ATTEMPT_MIN` seconds, whichever is longer, and counts as "not yet".
 * ``tcp``: a non-blocking connect every ``interval``; ``EPOLLOUT`` then ``SO_ERROR`` 0 means a
   listener accepted it. The address is numeric (the config refuses names), so nothing resolves
   a name in the loop.
@@ -31,57 +31,18 @@ import errno
 import os
 import select
 import socket
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from oomguard.events.sdnotify import NotifyServer
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from oomguard.config.model import ReadyConfig
+    from oomguard.plan import ReadySpec
     from oomguard.runtime.launcher import LaunchSpec
     from oomguard.runtime.oneshot import Oneshot, OneshotResult, OneshotRunner, Reactor
 
-__all__ = ["ATTEMPT_MIN", "ProbeHost", "Readiness", "ReadySpec"]
-
-#: The shortest time one probe attempt (a command run, a connect) gets before it is abandoned.
-ATTEMPT_MIN = 5.0
-
-ProbeKind = Literal["command", "tcp", "notify"]
-
-
-@dataclass(frozen=True)
-class ReadySpec:
-    """One service's readiness settings, as plain values (compiled from ``ReadyConfig``)."""
-
-    kind: ProbeKind
-    interval: float
-    timeout: float
-    command: tuple[str, ...] = ()
-    #: (host, port) for tcp; the host is an address literal.
-    address: tuple[str, int] | None = None
-    watchdog: float | None = None
-
-    @classmethod
-    def from_config(cls, cfg: ReadyConfig) -> ReadySpec:
-        address: tuple[str, int] | None = None
-        if cfg.tcp is not None:
-            host, _, port = cfg.tcp.rpartition(":")
-            host = host.strip("[]")
-            address = ("127.0.0.1" if host == "localhost" else host, int(port))
-        return cls(
-            kind=cfg.kind,
-            interval=cfg.interval,
-            timeout=cfg.timeout,
-            command=cfg.command or (),
-            address=address,
-            watchdog=cfg.watchdog,
-        )
-
-    @property
-    def attempt_timeout(self) -> float:
-        return max(self.interval, ATTEMPT_MIN)
+__all__ = ["ProbeHost", "Readiness"]
 
 
 class ProbeHost(Protocol):

@@ -812,4 +812,3 @@ def test_evicted_service_counts_down_until_ready_after_release() -> None:
     rec, _ = decide(PROBED, rec, Spawned(2), 50.0)
     rec, actions = decide(PROBED, rec, Ready(2), 53.0)
     assert emits(actions, "ready")[0].fields["downtime"] == 43.0
-

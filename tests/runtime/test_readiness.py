@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from oomguard.config.compile import ready_spec
 from oomguard.config.model import Config
 from oomguard.events.sdnotify import NotifyClient
+from oomguard.plan import ATTEMPT_MIN, ReadySpec
 from oomguard.runtime.launcher import LaunchSpec
 from oomguard.runtime.oneshot import OneshotRunner
-from oomguard.runtime.readiness import ATTEMPT_MIN, Readiness, ReadySpec
+from oomguard.runtime.readiness import Readiness
 from oomguard.runtime.reaper import Reaper
 
 from .test_oneshot import ENV, HandlerLoop
@@ -96,12 +98,13 @@ def test_spec_from_config() -> None:
             }
         }
     )
-    specs = {n: ReadySpec.from_config(s.ready) for n, s in cfg.service.items() if s.ready}
-    assert specs["a"].address == ("127.0.0.1", 5432)
-    assert specs["a"].attempt_timeout == ATTEMPT_MIN
-    assert specs["b"].command == ("pg_isready", "-q")
-    assert specs["b"].interval == 2.0
-    assert (specs["c"].kind, specs["c"].watchdog) == ("notify", 3.0)
+    specs = {n: ready_spec(s.ready) for n, s in cfg.service.items() if s.ready}
+    assert all(spec is not None for spec in specs.values())
+    assert specs["a"].address == ("127.0.0.1", 5432)  # type: ignore[union-attr]
+    assert specs["a"].attempt_timeout == ATTEMPT_MIN  # type: ignore[union-attr]
+    assert specs["b"].command == ("pg_isready", "-q")  # type: ignore[union-attr]
+    assert specs["b"].interval == 2.0  # type: ignore[union-attr]
+    assert (specs["c"].kind, specs["c"].watchdog) == ("notify", 3.0)  # type: ignore[union-attr]
 
 
 def test_command_probe_retries_until_exit_zero(
