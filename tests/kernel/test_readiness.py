@@ -209,3 +209,45 @@ def test_plays_systemd_notify_socket(
     pings = [t for t, _, f in got if f.get("WATCHDOG") == "1"]
     assert len(pings) >= 2, got
     assert any(f.get("STOPPING") == "1" for f in after), after
+
+
+HANGING = (
+    "import os, signal, socket, time\n"
+    "signal.signal(signal.SIGTERM, lambda *_: os._exit(0))\n"
+    "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+    "addr = os.environ['NOTIFY_SOCKET']\n"
+    "assert os.environ['WATCHDOG_USEC'] == '2000000'\n"
+    "s.sendto(b'READY=1', addr)\n"
+    "for _ in range(3):\n"
+    "    time.sleep(0.5)\n"
+    "    s.sendto(b'WATCHDOG=1', addr)\n"
+    "time.sleep(600)  # hangs: no more pings\n"
+)
+
+
+def test_watchdog_kills_a_service_that_stops_pinging(
+    cgroup2_mount: Path, scratch_cgroup: Path, tmp_path: Path
+) -> None:
+    """ready.watchdog: a notify service that stops sending WATCHDOG=1 is killed (SIGKILL, not
+    its stop signal: a hung service may ignore it) once the interval passes, and restarted."""
+    config = {
+        "service": {
+            "db": {"role": "primary", "command": ["sleep", "600"], "stop_signal": "SIGKILL"},
+            "side": {
+                "command": [PYTHON, "-c", HANGING],
+                "ready": {"notify": True, "watchdog": "2s", "timeout": "60s"},
+            },
+        }
+    }
+    with start_run(tmp_path, cgroup2_mount, scratch_cgroup, config) as og:
+        og.wait_event("ready", "side", count=2)
+        events = og.events()
+        og.stop()
+        output = og.output()
+    assert_no_traceback(output)
+    kinds = [e["kind"] for e in events if e.get("service") == "side"]
+    first_watchdog = kinds.index("watchdog")
+    assert kinds.index("ready") < first_watchdog, kinds
+    exits = [e for e in events if e["kind"] == "exit" and e.get("service") == "side"]
+    assert exits and exits[0]["signal"] == 9, exits
+    assert "backoff" in kinds[first_watchdog:], kinds
