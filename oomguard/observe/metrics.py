@@ -195,9 +195,7 @@ def _service_row(name: str, svc: Mapping[str, Any]) -> _ServiceRow:
         evictions=int(svc.get("evictions") or 0),
         primary=svc.get("role") == "primary",
         downtime_total=float(svc.get("downtime_total") or 0.0),
-        ready_seconds=(
-            None if svc.get("ready_seconds") is None else float(svc["ready_seconds"])
-        ),
+        ready_seconds=(None if svc.get("ready_seconds") is None else float(svc["ready_seconds"])),
     )
 
 
