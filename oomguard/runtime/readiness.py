@@ -48,8 +48,9 @@ __all__ = ["ProbeHost", "Readiness"]
 class ProbeHost(Protocol):
     """What probes need from their owner (the supervisor)."""
 
-    def ready(self, name: str, pid: int) -> None:
-        """The probe of `name` succeeded for its process `pid`."""
+    def ready(self, name: str, pid: int | None) -> None:
+        """The probe of `name` succeeded for its process `pid` (None: for its current process;
+        notify, where the sender is known to be one of the service's processes)."""
 
     def status(self, name: str, text: str) -> None:
         """`name` sent a new ``STATUS=`` line."""
@@ -283,8 +284,12 @@ class NotifyProbe(_Probe):
         if status is not None and status != self.status:
             self.status = status
             self.host.status(self.name, status)
-        if fields.get("READY") == "1" and self.pid is not None:
-            self.result(self.pid, True, None)
+        if fields.get("READY") == "1":
+            # Whoever sent it is a process of the service (checked above), so it speaks for
+            # the current incarnation, even if READY=1 arrives before this probe was told the
+            # service is starting (a fast service, in the loop turn of its spawn).
+            self.pid = None
+            self.host.ready(self.name, None)
         if self.watchdog_at is not None and self.spec.watchdog is not None:
             if fields.get("WATCHDOG") == "1":
                 self.watchdog_at = self.clock() + self.spec.watchdog

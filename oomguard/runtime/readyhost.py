@@ -213,10 +213,13 @@ class ReadyExtension:
 
     # -- ProbeHost ----------------------------------------------------------------------------
 
-    def ready(self, name: str, pid: int) -> None:
+    def ready(self, name: str, pid: int | None) -> None:
         sup = self.sup
         assert sup is not None
-        sup.feed(sup.services[name], rp.Ready(pid))
+        svc = sup.services[name]
+        pid = svc.rec.pid if pid is None else pid
+        if pid is not None:
+            sup.feed(svc, rp.Ready(pid))
 
     def status(self, name: str, text: str) -> None:
         sup = self.sup

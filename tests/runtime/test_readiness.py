@@ -36,7 +36,7 @@ class Host:
     members: set[int] = field(default_factory=set)
     launched: list[tuple[str, ...]] = field(default_factory=list)
 
-    def ready(self, name: str, pid: int) -> None:
+    def ready(self, name: str, pid: int | None) -> None:
         self.ready_calls.append((name, pid))
 
     def status(self, name: str, text: str) -> None:
@@ -215,13 +215,27 @@ def test_notify_ready_status_and_foreign_senders(
     client.send(STATUS="recovering")
     client.send(STATUS="accepting connections", READY="1")
     serve(readiness, loop, lambda: host.ready_calls)
-    assert host.ready_calls == [("db", 99)]
+    # For the service's current process (the host knows its pid): the sender is a member.
+    assert host.ready_calls == [("db", None)]
     assert host.statuses == [("db", "recovering"), ("db", "accepting connections")]
     assert readiness.status("db") == "accepting connections"
-    # READY=1 again once up changes nothing.
+    client.close()
+
+
+def test_notify_ready_before_the_probe_is_synced_still_counts(
+    readiness: Readiness, loop: HandlerLoop, host: Host, tmp_path: Path
+) -> None:
+    """A fast service can send READY=1 in the very loop turn of its spawn, before the probe was
+    told it is starting (sync runs after the turn's events): it must not be lost. The host
+    feeds Ready for the current process; the policy ignores it unless the service is STARTING
+    (found by the kernel tests: the service never became ready)."""
+    path = str(tmp_path / "db.notify")
+    readiness.add("db", ReadySpec("notify", interval=0.5, timeout=60), socket_path=path)
+    host.members.add(os.getpid())
+    client = NotifyClient(path)
     client.send(READY="1")
-    serve(readiness, loop, lambda: not loop.ep.poll(0))
-    assert host.ready_calls == [("db", 99)]
+    serve(readiness, loop, lambda: host.ready_calls)
+    assert host.ready_calls == [("db", None)]
     client.close()
 
 
