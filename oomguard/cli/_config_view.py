@@ -53,6 +53,7 @@ class _Service:
         self.restart_window, self.stop_timeout = r.restart_window, r.stop_timeout
         self.stop_signal = r.stop_signal
         self.depends_on = spec.depends_on
+        self.ready = spec.ready
         self.survive_partial_kill = spec.survive_partial_kill
         self.memory_max, self.memory_high = spec.limits.max, spec.limits.high
         self.criticality, self.is_primary = spec.criticality, spec.is_primary

@@ -27,7 +27,6 @@ import os
 import signal
 from typing import TYPE_CHECKING
 
-from oomguard.config.compile import ready_spec
 from oomguard.errors import OomguardError, StateDirError
 from oomguard.events.sdnotify import NotifyClient
 from oomguard.policy import restart as rp
@@ -37,8 +36,9 @@ from oomguard.runtime.readiness import Readiness
 
 if TYPE_CHECKING:
     from oomguard.cgroup.path import CgroupPath
+    from oomguard.plan import ServiceSpec
     from oomguard.runtime.context import Context
-    from oomguard.runtime.supervisor import Service, Supervisor
+    from oomguard.runtime.supervisor import Supervisor
 
 __all__ = ["PROBE_OOM_SCORE_ADJ", "ReadyExtension"]
 
@@ -69,20 +69,24 @@ class ReadyExtension:
         self._ready_sent = False
         self._stopping_sent = False
         self._waiting_logged: set[str] = set()
+        #: Each service's depends_on (from the Plan).
+        self._deps: dict[str, tuple[str, ...]] = {}
 
     # -- Extension ----------------------------------------------------------------------------
 
     def setup(self, ctx: Context) -> None:
-        """`ctx` is unused: see the class doc."""
+        """The services' compiled specs come from `ctx` (the Plan); the rest is the owner's."""
         sup = self.sup = self._owner
+        specs = {name: ctx.service(name).spec for name in ctx.names()}
+        self._deps = {name: spec.depends_on for name, spec in specs.items()}
         reactor = sup.loop
         self.runner = OneshotRunner(reactor, sup.reaper, clock=sup.clock)
         self.readiness = Readiness(self, reactor, self.runner, sup.clock)
         if sup.built is not None:
             self._leaf_fd = sup.fs.open_fd(sup.built.leaf, "cgroup.procs", os.O_WRONLY)
-        for svc in sup.services.values():
-            if svc.cfg.ready is not None:
-                self._add_probe(svc)
+        for spec in specs.values():
+            if spec.ready is not None:
+                self._add_probe(spec)
         self.systemd = NotifyClient.from_environ()
         if self.systemd is not None:
             self.systemd.start_watchdog(sup.clock())
@@ -92,11 +96,10 @@ class ReadyExtension:
                 watchdog=self.systemd.watchdog,
             )
 
-    def _add_probe(self, svc: Service) -> None:
+    def _add_probe(self, svc: ServiceSpec) -> None:
         sup = self.sup
-        assert sup is not None and self.readiness is not None and svc.cfg.ready is not None
-        spec = ready_spec(svc.cfg.ready)
-        assert spec is not None
+        spec = svc.ready
+        assert sup is not None and self.readiness is not None and spec is not None
         path: str | None = None
         owner: tuple[int, int] | None = None
         if spec.kind == "notify":
@@ -108,7 +111,7 @@ class ReadyExtension:
                     f"the kernel's {_MAX_SOCKET_PATH} bytes",
                     "give [oomguard] state_dir a shorter path",
                 )
-            creds = preflight.resolve_credentials(svc.cfg.user, svc.cfg.group, service=svc.name)
+            creds = preflight.resolve_credentials(svc.user, svc.group, service=svc.name)
             if creds is not None and creds.uid != os.geteuid():
                 owner = (creds.uid, creds.gid)
         self.readiness.add(svc.name, spec, socket_path=path, owner=owner)
@@ -161,7 +164,7 @@ class ReadyExtension:
         """At the initial start: True (and remembered) if `name` must wait for a dependency."""
         sup = self.sup
         assert sup is not None
-        deps = sup.services[name].cfg.depends_on
+        deps = self._deps.get(name, ())
         if deps and not self._deps_ready(name):
             self.held.append(name)
             return True
@@ -170,7 +173,7 @@ class ReadyExtension:
     def _deps_ready(self, name: str) -> bool:
         sup = self.sup
         assert sup is not None
-        deps = sup.services[name].cfg.depends_on
+        deps = self._deps.get(name, ())
         return all(sup.services[d].rec.state is rp.State.RUNNING for d in deps)
 
     def _start_held(self) -> None:
@@ -185,7 +188,7 @@ class ReadyExtension:
                 sup.feed(sup.services[name], rp.Start("dependencies_ready"))
             elif name not in self._waiting_logged:
                 self._waiting_logged.add(name)
-                deps = sup.services[name].cfg.depends_on
+                deps = self._deps.get(name, ())
                 pending = [d for d in deps if sup.services[d].rec.state is not rp.State.RUNNING]
                 sup.log.info("waiting", service=name, on=",".join(pending))
                 sup.emit("waiting", sup.services[name].cgroup, service=name, on=pending)
