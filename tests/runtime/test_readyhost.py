@@ -14,16 +14,20 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from oomguard.cgroup.path import CgroupPath
+from oomguard.config.compile import compile_plan
 from oomguard.config.model import Config
 from oomguard.observe.log import Logger
 from oomguard.policy import restart as rp
+from oomguard.runtime.lifecycle import Lifecycle
 from oomguard.runtime.readyhost import PROBE_OOM_SCORE_ADJ
-from oomguard.runtime.supervisor import Service, Supervisor
+from oomguard.runtime.supervisor import RunIO, Supervisor
 from tests.cgroup.fakefs import FakeCgroupFS
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
     from pathlib import Path
+
+    from oomguard.runtime.service import Service
 
 ROOT = CgroupPath.parse("/og")
 
@@ -68,8 +72,14 @@ def make(
     )
     monkeypatch.setattr(Supervisor, "_protect_self", lambda self: None, raising=False)
     spawned: list[str] = []
-    monkeypatch.setattr(Supervisor, "_spawn", lambda self, svc: spawned.append(svc.name))
-    sup = Supervisor(config, fs, CgroupPath.ROOT, Logger(io.StringIO()), clock=lambda: 50.0)
+    monkeypatch.setattr(Lifecycle, "spawn", lambda self, svc: spawned.append(svc.name))
+    sup = Supervisor(
+        compile_plan(config),
+        fs,
+        CgroupPath.ROOT,
+        Logger(io.StringIO()),
+        io=RunIO(clock=lambda: 50.0),
+    )
     sup._setup()
     sup.now = 50.0
     return sup, spawned
@@ -93,9 +103,7 @@ def test_dependents_start_only_once_their_dependencies_are_ready(
 ) -> None:
     sup, spawned = make(tmp_path, fs, monkeypatch, SERVICES)
     try:
-        for name in sup.config.start_order():
-            if not sup.ready.hold(name):
-                sup.feed(sup.services[name], rp.Start())
+        sup.lifecycle.start_all(hold=sup.ready.hold)
         assert spawned == ["db", "free"]
         assert sup.ready.held == ["pooler", "agent"]
         sup.ready.after_turn()
@@ -167,7 +175,7 @@ def test_notify_service_gets_its_own_socket_and_only_members_count(
     sup, _ = make(tmp_path, fs, monkeypatch, services)
     try:
         svc = sup.services["db"]
-        env = sup.launch_spec(svc).extra_env
+        env = sup.lifecycle.launch_spec(svc).extra_env
         assert env["NOTIFY_SOCKET"] == str(tmp_path / "state" / "notify-db.sock")
         assert "WATCHDOG_USEC" not in env
         assert os.path.exists(env["NOTIFY_SOCKET"])
