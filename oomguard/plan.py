@@ -93,6 +93,33 @@ class BudgetSpec:
     pressure: PressureSpec
 
 
+#: What tells that a service is ready ([service.X.ready]).
+ProbeKind: TypeAlias = Literal["command", "tcp", "notify"]
+#: The shortest time one probe attempt (a command run, a connect) gets before it is abandoned.
+ATTEMPT_MIN = 5.0
+
+
+@dataclass(frozen=True)
+class ReadySpec:
+    """A service's readiness probe (``[service.X.ready]``), see runtime/readiness.py."""
+
+    kind: ProbeKind
+    #: Seconds between two probes (command, tcp).
+    interval: float
+    #: Seconds from the spawn; not ready by then is a failed start (RestartParams.ready_timeout).
+    timeout: float
+    command: tuple[str, ...] = ()
+    #: (host, port) for tcp; the host is an address literal (never a name to resolve).
+    address: tuple[str, int] | None = None
+    #: notify only: WATCHDOG=1 at least this often once ready (seconds), or None.
+    watchdog: float | None = None
+
+    @property
+    def attempt_timeout(self) -> float:
+        """How long one attempt may take: `interval`, at least `ATTEMPT_MIN`."""
+        return max(self.interval, ATTEMPT_MIN)
+
+
 @dataclass(frozen=True)
 class ServiceSpec:
     """One service, resolved: how to launch it, where it lives, how it ranks and restarts."""
@@ -135,6 +162,8 @@ class ServiceSpec:
     watermark: int | None
     #: The pressure settings of the slice it is in (the global ones at the top level).
     pressure: PressureSpec
+    #: Its readiness probe; None: ready once up for start_secs.
+    ready: ReadySpec | None = None
 
     @property
     def slices(self) -> tuple[str, ...]:

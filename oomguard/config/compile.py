@@ -10,13 +10,26 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from oomguard.plan import BudgetSpec, Plan, PressureSpec, PsiTriggerSpec, ServiceSpec
+from oomguard.plan import (
+    BudgetSpec,
+    Plan,
+    PressureSpec,
+    PsiTriggerSpec,
+    ReadySpec,
+    ServiceSpec,
+)
 from oomguard.policy.pressure import Thresholds
 from oomguard.policy.restart import RestartParams
 
 if TYPE_CHECKING:
     from oomguard.cgroup.spec import Limits
-    from oomguard.config.model import Config, PressureConfig, PsiTrigger, ServiceConfig
+    from oomguard.config.model import (
+        Config,
+        PressureConfig,
+        PsiTrigger,
+        ReadyConfig,
+        ServiceConfig,
+    )
 
 #: The primary's rank among services: above every sidecar's criticality (0..99).
 PRIMARY_CRITICALITY = 100
@@ -54,6 +67,26 @@ def restart_params(svc: ServiceConfig) -> RestartParams:
         essential=svc.essential,
         stop_timeout=svc.stop_timeout,
         stop_signal=int(svc.stop_signal),
+        ready_timeout=svc.ready.timeout if svc.ready is not None else None,
+    )
+
+
+def ready_spec(cfg: ReadyConfig | None) -> ReadySpec | None:
+    """``[service.X.ready]`` as plain values; a tcp host of "localhost" becomes 127.0.0.1."""
+    if cfg is None:
+        return None
+    address: tuple[str, int] | None = None
+    if cfg.tcp is not None:
+        host, _, port = cfg.tcp.rpartition(":")
+        host = host.strip("[]")
+        address = ("127.0.0.1" if host == "localhost" else host, int(port))
+    return ReadySpec(
+        kind=cfg.kind,
+        interval=cfg.interval,
+        timeout=cfg.timeout,
+        command=cfg.command or (),
+        address=address,
+        watchdog=cfg.watchdog,
     )
 
 
@@ -99,6 +132,7 @@ def _service(config: Config, name: str, limits: Limits) -> ServiceSpec:
         survive_partial_kill=svc.survive_partial_kill,
         watermark=svc.watermark if primary else None,
         pressure=pressure_spec(config.pressure_for(name)),
+        ready=ready_spec(svc.ready),
     )
 
 

@@ -11,6 +11,7 @@ Pure: no I/O, no clock.
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import json
 import math
 import re
@@ -172,6 +173,17 @@ def _sample_interval(value: object) -> float:
     # Headroom sampling reads memory.current/memory.max of every slice; PSI triggers and
     # memory.events inotify already cover the fast path, so faster than 1 s only burns CPU.
     # Slower than an hour would leave a pressured budget unjudged for longer than any cooldown.
+    return _duration(value, minimum=1.0, maximum=HOUR)
+
+
+def _probe_interval(value: object) -> float:
+    # Below 50 ms a command probe would fork faster than a slow guest can run it; above an
+    # hour a service would be judged "not ready" for longer than any ready timeout allows.
+    return _duration(value, minimum=0.05, maximum=HOUR)
+
+
+def _watchdog(value: object) -> float:
+    # The loop wakes for every watchdog deadline: under 1 s is a busy loop, not a watchdog.
     return _duration(value, minimum=1.0, maximum=HOUR)
 
 
@@ -501,6 +513,32 @@ CgroupRoot = Annotated[
     str | None, BeforeValidator(_cgroup_root), WithJsonSchema({"type": "string"})
 ]
 Listen = Annotated[str | None, BeforeValidator(_listen), WithJsonSchema({"type": "string"})]
+
+
+def _tcp_target(value: object) -> str:
+    checked = _listen(value)
+    host = "" if checked is None else checked.rpartition(":")[0].strip("[]")
+    if checked is None or not host:
+        raise custom_error("tcp", f'{show(value)} needs a host; use e.g. "127.0.0.1:5432"')
+    if host != "localhost":
+        # An address, never a name: resolving one could block the loop on DNS at every probe.
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise custom_error(
+                "tcp",
+                f"{show(value)}: the host must be an IP address or localhost (a name would need "
+                'DNS); use e.g. "127.0.0.1:5432" or "[::1]:5432"',
+            ) from None
+    return checked
+
+
+ProbeInterval = Annotated[float, BeforeValidator(_probe_interval), WithJsonSchema(_DURATION_SCHEMA)]
+"""50 ms .. 1 hour."""
+Watchdog = Annotated[float | None, BeforeValidator(_watchdog), WithJsonSchema(_DURATION_SCHEMA)]
+"""1 s .. 1 hour."""
+TcpTarget = Annotated[str | None, BeforeValidator(_tcp_target), WithJsonSchema({"type": "string"})]
+"""A numeric "host:port" (or localhost:port) to connect to."""
 
 #: A service's role. Exactly one service is the primary (the cross-field checks see to it).
 Role = Literal["primary", "sidecar"]

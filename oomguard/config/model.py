@@ -66,11 +66,14 @@ from oomguard.config.fields import (
     OptAbsPath,
     Percent,
     PositiveDuration,
+    ProbeInterval,
     Role,
     SampleInterval,
     SignalName,
     Size,
     StartSecs,
+    TcpTarget,
+    Watchdog,
     custom_error,
     parse_limit,
     show,
@@ -265,6 +268,51 @@ class SliceConfig(BudgetConfig):
     pressure: PressureOverride = Field(default_factory=PressureOverride)
 
 
+class ReadyConfig(_Model):
+    """``[service.X.ready]``: when the service counts as up. Exactly one of ``command`` (exit 0
+    means ready), ``tcp`` (a connection is accepted) or ``notify`` (it sends ``READY=1`` on
+    ``$NOTIFY_SOCKET``, the sd_notify protocol)."""
+
+    command: Command | None = None
+    tcp: TcpTarget = None
+    notify: StrictBool = False
+    interval: ProbeInterval = Field(
+        default=0.5, description="Between two probes (command, tcp). 50ms..1h."
+    )
+    timeout: PositiveDuration = Field(
+        default=90.0,
+        description="From the spawn; not ready by then is a failed start. More than 0, <= 1d.",
+    )
+    watchdog: Watchdog = Field(
+        default=None,
+        description="notify only: once ready, WATCHDOG=1 at least this often, or it is killed "
+        "and restarted. 1s..1h.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ReadyConfig:
+        kinds = [k for k in ("command", "tcp") if getattr(self, k) is not None]
+        kinds += ["notify"] if self.notify else []
+        if len(kinds) != 1:
+            found = ", ".join(kinds) if kinds else "none"
+            raise custom_error(
+                "ready",
+                f"set exactly one of command, tcp or notify = true (found: {found})",
+            )
+        if self.watchdog is not None and not self.notify:
+            raise custom_error(
+                "ready",
+                "watchdog needs notify = true (the service sends WATCHDOG=1); remove it",
+            )
+        return self
+
+    @property
+    def kind(self) -> Literal["command", "tcp", "notify"]:
+        if self.command is not None:
+            return "command"
+        return "tcp" if self.tcp is not None else "notify"
+
+
 class ServiceConfig(BudgetConfig):
     """``[service.X]``: one supervised command in its own cgroup."""
 
@@ -297,6 +345,10 @@ class ServiceConfig(BudgetConfig):
     )
     log: LogMode = "inherit"
     start_secs: StartSecs = 1.0
+    ready: ReadyConfig | None = Field(
+        default=None,
+        description="Readiness probe. Without it, a service is ready once up for start_secs.",
+    )
     backoff_initial: PositiveDuration = 0.1
     backoff_max: PositiveDuration = 30.0
     backoff_reset: LongDuration = 60.0

@@ -144,6 +144,8 @@ class _ServiceRow:
     evictions: int
     primary: bool
     downtime_total: float
+    #: Seconds from the spawn to ready of the current process (None: not ready).
+    ready_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ def _service_row(name: str, svc: Mapping[str, Any]) -> _ServiceRow:
         evictions=int(svc.get("evictions") or 0),
         primary=svc.get("role") == "primary",
         downtime_total=float(svc.get("downtime_total") or 0.0),
+        ready_seconds=(None if svc.get("ready_seconds") is None else float(svc["ready_seconds"])),
     )
 
 
@@ -309,6 +312,11 @@ def _service_families(pub: _Published, states: tuple[str, ...]) -> Iterator[Any]
     evictions = _counter("oomguard_service_evictions", "Evictions by oomguard", ["service"])
     state = _gauge("oomguard_service_state", "1 for the current state", ["service", "state"])
     up = _gauge("oomguard_service_up", "1 if the service is RUNNING", ["service"])
+    ready = _gauge(
+        "oomguard_service_ready_seconds",
+        "Seconds from the spawn to ready of the running process",
+        ["service"],
+    )
     downtime = 0.0
     for svc in pub.services:
         restarts.add_metric([svc.service], float(svc.restarts))
@@ -317,9 +325,11 @@ def _service_families(pub: _Published, states: tuple[str, ...]) -> Iterator[Any]
         for name in known:
             state.add_metric([svc.service, name], 1.0 if name == svc.state else 0.0)
         up.add_metric([svc.service], 1.0 if svc.state in UP_STATES else 0.0)
+        if svc.ready_seconds is not None:
+            ready.add_metric([svc.service], svc.ready_seconds)
         if svc.primary:
             downtime += svc.downtime_total
-    yield from (restarts, evictions, state, up)
+    yield from (restarts, evictions, state, up, ready)
     from prometheus_client.core import CounterMetricFamily
 
     yield CounterMetricFamily(

@@ -85,6 +85,8 @@ class ServiceState(TypedDict, total=False):
     last_exit: LastExit | None
     started_at: float | None
     downtime_total: float
+    #: Seconds from the spawn to ready (RUNNING) of the current process; None if not ready.
+    ready_seconds: float | None
 
 
 class StateDoc(TypedDict):

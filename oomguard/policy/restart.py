@@ -8,6 +8,7 @@ so an idle service costs no wakeups at all).
 States (supervisord's explicit set, plus EVICTED for the memory-pressure response)::
 
     STOPPED|EXITED|FATAL ─Start─► STARTING ──Spawned + start_secs──► RUNNING ──Stop──► STOPPING
+                                            (or Spawned + Ready, with a probe)
                                    ▲    │                              │                  │
                          Tick at   │    │ exit, SpawnFailed            │ exit             │
                    next_start_at   │    ▼                              │                  │
@@ -30,9 +31,15 @@ STOPPED, EXITED, FATAL (down, nothing pending)
   * ``Start`` -> STARTING + ``Spawn``. A fresh start: ``attempt`` and the restart window are
     reset, because an operator (or the initial start) asked for it.
 STARTING (``pid`` None: the ``Spawn`` is in flight; ``pid`` set: the process exists)
-  * ``Spawned(pid)`` -> STARTING with the pid (RUNNING at once if ``start_secs`` is 0).
+  * ``Spawned(pid)`` -> STARTING with the pid (RUNNING at once if ``start_secs`` is 0 and it
+    has no readiness probe).
   * ``Tick`` at ``started_at + start_secs`` -> RUNNING (supervisord's ``startsecs``: a process
-    counts as up only once it survived that long).
+    counts as up only once it survived that long). Emits ``running``.
+  * With a readiness probe (``ready_timeout`` set; ``start_secs`` is then unused): RUNNING
+    means *ready*. ``Ready(pid)`` of the current process -> RUNNING, emitting ``ready`` with
+    the seconds since the spawn. ``Tick`` at ``started_at + ready_timeout`` -> STOPPING for
+    ``not_ready`` (a failed start, below); ``Ready`` in any other state, or of another pid, is
+    a stale or repeated probe result: a no-op.
   * ``Exited`` / ``SpawnFailed`` -> a *failed start*: the restart policy below.
   * ``Stop(reason)`` -> STOPPING (``Signal`` if there is a pid; if the spawn is still in flight
     the signal is sent on ``Spawned``).
@@ -50,8 +57,9 @@ STOPPING (``stop_reason`` set)
     STARTING + ``Spawn`` at once (no backoff, not a failure, not counted in the restart
     window: the pressure policy rate-limits those); oom_cleanup -> treated as an OOM-killed
     crash (the kernel already killed part of the service; the supervisor removed the rest), so
-    it goes through the restart policy, backoff and window like any failure.
-    An exit while STOPPING is never judged by its status: we asked for it.
+    it goes through the restart policy, backoff and window like any failure; not_ready -> the
+    restart policy as a failure whatever the status (a start that never became ready failed).
+    Otherwise an exit while STOPPING is never judged by its status: we asked for it.
   * ``Tick`` at ``stop_deadline`` -> ``KillCgroup`` (cgroup.kill kills the whole subtree, fork
     races included) and a new deadline ``now + stop_timeout``: if the kill has not produced an
     exit by then (a task stuck in D state), the kill is repeated; it is idempotent.
@@ -63,7 +71,7 @@ EVICTED (stopped by the pressure policy)
   * ``Release`` -> STARTING + ``Spawn``. Only ``Release`` starts it: the pressure policy owns it.
   * ``Stop(shutdown)`` -> STOPPED.
 
-The restart policy (on an unplanned exit, a failed start, or an oom_cleanup stop):
+The restart policy (on an unplanned exit, a failed start, an oom_cleanup or not_ready stop):
   * ``never`` -> EXITED. ``on-failure`` -> EXITED on a clean exit (code 0, no signal, not
     OOM-killed). Otherwise (``always``, or a failure) a restart is due:
   * ``attempt += 1`` (first reset to 0 if the process had been RUNNING for ``backoff_reset``);
@@ -85,7 +93,9 @@ here and raises AssertionError rather than silently corrupting the state.
 
 Downtime (so the supervisor can report the primary's): it counts from the moment a RUNNING
 service goes down (an exit, or any stop except shutdown) until it is RUNNING again, not merely
-spawned: a database that is spawned but still in crash recovery is not serving. The first
+spawned: a database that is spawned but still in crash recovery is not serving. With a
+readiness probe, RUNNING is *ready*, so downtime (of a crash, an eviction's restore, a
+controlled restart) counts to the moment the probe succeeded. The first
 start is not downtime. A controlled restart's downtime is measured the same way, from the
 ``Stop`` to RUNNING.
 """
@@ -100,7 +110,9 @@ from typing import Literal, TypeAlias, get_args
 from oomguard.errors import ExitCode
 
 RestartPolicy: TypeAlias = Literal["always", "on-failure", "never"]
-StopReason: TypeAlias = Literal["shutdown", "evict", "controlled_restart", "oom_cleanup"]
+StopReason: TypeAlias = Literal[
+    "shutdown", "evict", "controlled_restart", "oom_cleanup", "not_ready"
+]
 #: A value in an Emit's fields: plain scalars only, so the event log can write it as-is.
 FieldValue: TypeAlias = str | int | float | bool | None
 
@@ -111,8 +123,8 @@ _MAX_EXPONENT = 1000
 
 class State(Enum):
     STOPPED = "stopped"  # never started, or stopped by a shutdown
-    STARTING = "starting"  # spawn requested / process up for less than start_secs
-    RUNNING = "running"  # up for at least start_secs
+    STARTING = "starting"  # spawn requested / up for less than start_secs / not ready yet
+    RUNNING = "running"  # up and ready: start_secs passed, or its readiness probe said so
     BACKOFF = "backoff"  # down after an exit; a restart is scheduled at next_start_at
     STOPPING = "stopping"  # signalled (or about to be); waiting for the exit
     EXITED = "exited"  # down for good by its restart policy (e.g. clean exit, "on-failure")
@@ -143,6 +155,9 @@ class RestartParams:
     essential: bool = False
     stop_timeout: float = 10.0
     stop_signal: int = int(_signal.SIGTERM)
+    #: With a readiness probe ([service.X.ready]): RUNNING only on ``Ready``, and a process
+    #: not ready this many seconds after its spawn is a failed start. None: start_secs rules.
+    ready_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,8 @@ class Record:
     restarts_total: int = 0
     down_since: float | None = None
     total_downtime: float = 0.0
+    #: The last failed start was a readiness timeout (for the restart's reason).
+    not_ready: bool = False
 
     def downtime(self, now: float) -> float:
         """Total downtime so far, including the current outage if the service is down."""
@@ -262,6 +279,13 @@ class Stop:
 
 
 @dataclass(frozen=True)
+class Ready:
+    """The readiness probe of process `pid` succeeded (a stale result names another pid)."""
+
+    pid: int
+
+
+@dataclass(frozen=True)
 class Release:
     """The pressure that evicted this service has cleared: it may start again."""
 
@@ -271,7 +295,7 @@ class Tick:
     """A deadline from ``next_deadline`` has passed (spurious ticks are harmless)."""
 
 
-Event: TypeAlias = Start | Spawned | SpawnFailed | Exited | Stop | Release | Tick
+Event: TypeAlias = Start | Spawned | SpawnFailed | Exited | Stop | Ready | Release | Tick
 
 
 # --- Actions ------------------------------------------------------------------------------------
@@ -332,6 +356,8 @@ def backoff_delay(params: RestartParams, attempt: int) -> float:
 def next_deadline(params: RestartParams, rec: Record) -> float | None:
     """When the supervisor must send this service a ``Tick``; None means no timer is needed."""
     if rec.state is State.STARTING and rec.started_at is not None:
+        if params.ready_timeout is not None:
+            return rec.started_at + params.ready_timeout
         return rec.started_at + params.start_secs
     if rec.state is State.RUNNING and rec.attempt > 0 and rec.running_since is not None:
         # One wakeup to forget the backoff; the reset is also applied lazily on the next exit,
@@ -355,49 +381,80 @@ def decide(params: RestartParams, rec: Record, event: Event, now: float) -> Resu
 
 
 def _dispatch(params: RestartParams, rec: Record, event: Event, now: float) -> Result:
-    state = rec.state
     match event:
         case Start():
-            if state in (State.STOPPED, State.EXITED, State.FATAL):
-                return _fresh_start(rec, event.reason)
-            return rec, []  # already up, starting, scheduled, stopping, or evicted
+            return _on_start(rec, event.reason)
         case Spawned(pid=pid):
-            if state is State.STARTING and rec.pid is None:
-                return _spawned(params, rec, pid, now)
-            if state is State.STOPPING and rec.pid is None:
-                return _spawned_while_stopping(params, rec, pid, now)
-            return _ignored(rec, "Spawned", pid=pid)
-        case SpawnFailed(message=message):
-            if state is State.STARTING and rec.pid is None:
-                return _restart_policy(params, rec, None, now, error=message)
-            if state is State.STOPPING and rec.pid is None:
-                return _stop_finished(params, rec, None, now, error=message)
-            return _ignored(rec, "SpawnFailed", message=message)
-        case Exited(exit=info):
-            if state in (State.STARTING, State.RUNNING) and rec.pid is not None:
-                return _restart_policy(params, rec, info, now, error=None)
-            if state is State.STOPPING and rec.pid is not None:
-                return _stop_finished(params, rec, info, now, error=None)
-            return _ignored(rec, "Exited", **info.fields())
+            return _on_spawned(params, rec, pid, now)
+        case SpawnFailed() | Exited():
+            return _on_gone(params, rec, event, now)
         case Stop(reason=reason):
-            if state in (State.STARTING, State.RUNNING):
-                return _begin_stop(params, rec, reason, now)
-            if state is State.BACKOFF:
-                return _stop_during_backoff(rec, reason)
-            if state is State.STOPPING:
-                return _stop_while_stopping(rec, reason)
-            if state is State.EVICTED and reason == "shutdown":
-                return _evicted_shutdown(rec)
-            return rec, []  # already down
+            return _on_stop(params, rec, reason, now)
+        case Ready(pid=pid):
+            return _on_ready(params, rec, pid, now)
         case Release():
-            if state is State.EVICTED:
-                return _request_spawn(rec, "start", reason="release")
-            if state is State.STOPPING and rec.stop_reason == "evict":
-                return _release_while_evicting(rec)
-            return rec, []  # not evicted
+            return _on_release(rec)
         case Tick():
             return _tick(params, rec, now)
     raise AssertionError(f"unknown event {event!r}")  # pragma: no cover - exhaustive match
+
+
+def _on_start(rec: Record, reason: str) -> Result:
+    if rec.state in (State.STOPPED, State.EXITED, State.FATAL):
+        return _fresh_start(rec, reason)
+    return rec, []  # already up, starting, scheduled, stopping, or evicted
+
+
+def _on_ready(params: RestartParams, rec: Record, pid: int, now: float) -> Result:
+    if rec.state is State.STARTING and rec.pid == pid and params.ready_timeout is not None:
+        return _became_running(rec, now, probed=True)
+    return rec, []  # a late or repeated probe result (READY=1 sent twice): no-op
+
+
+def _on_spawned(params: RestartParams, rec: Record, pid: int, now: float) -> Result:
+    if rec.state is State.STARTING and rec.pid is None:
+        return _spawned(params, rec, pid, now)
+    if rec.state is State.STOPPING and rec.pid is None:
+        return _spawned_while_stopping(params, rec, pid, now)
+    return _ignored(rec, "Spawned", pid=pid)
+
+
+def _on_gone(params: RestartParams, rec: Record, event: SpawnFailed | Exited, now: float) -> Result:
+    """SpawnFailed (the spawn in flight failed) or Exited (the process was reaped)."""
+    if isinstance(event, SpawnFailed):
+        info, error, exists = None, event.message, rec.pid is None
+        fields: dict[str, FieldValue] = {"message": event.message}
+    else:
+        info, error, exists = event.exit, None, rec.pid is not None
+        fields = dict(event.exit.fields())
+    # `exists`: the process (Exited) or the spawn in flight (SpawnFailed) this event is about.
+    # RUNNING always has a pid, so a SpawnFailed can only be for STARTING or STOPPING.
+    if exists and rec.state in (State.STARTING, State.RUNNING):
+        return _restart_policy(params, rec, info, now, error=error)
+    if exists and rec.state is State.STOPPING:
+        return _stop_finished(params, rec, info, now, error=error)
+    return _ignored(rec, type(event).__name__, **fields)
+
+
+def _on_stop(params: RestartParams, rec: Record, reason: StopReason, now: float) -> Result:
+    state = rec.state
+    if state in (State.STARTING, State.RUNNING):
+        return _begin_stop(params, rec, reason, now)
+    if state is State.BACKOFF:
+        return _stop_during_backoff(rec, reason)
+    if state is State.STOPPING:
+        return _stop_while_stopping(rec, reason)
+    if state is State.EVICTED and reason == "shutdown":
+        return _evicted_shutdown(rec)
+    return rec, []  # already down
+
+
+def _on_release(rec: Record) -> Result:
+    if rec.state is State.EVICTED:
+        return _request_spawn(rec, "start", reason="release")
+    if rec.state is State.STOPPING and rec.stop_reason == "evict":
+        return _release_while_evicting(rec)
+    return rec, []  # not evicted
 
 
 def _tick(params: RestartParams, rec: Record, now: float) -> Result:
@@ -405,6 +462,8 @@ def _tick(params: RestartParams, rec: Record, now: float) -> Result:
     if deadline is None or now < deadline:
         return rec, []  # early or spurious
     if rec.state is State.STARTING:
+        if params.ready_timeout is not None:
+            return _not_ready(params, rec, now)
         return _became_running(rec, now)
     if rec.state is State.RUNNING:
         return _backoff_forgotten(params, rec)
@@ -450,9 +509,9 @@ def _fresh_start(rec: Record, reason: str) -> Result:
 
 def _spawned(params: RestartParams, rec: Record, pid: int, now: float) -> Result:
     """STARTING (spawn in flight) --Spawned--> STARTING with a pid (RUNNING if start_secs is 0)."""
-    new = replace(rec, pid=pid, started_at=now, last_error=None)
+    new = replace(rec, pid=pid, started_at=now, last_error=None, not_ready=False)
     actions: list[Action] = [_emit(rec, "spawned", pid=pid, attempt=rec.attempt)]
-    if params.start_secs <= 0:
+    if params.start_secs <= 0 and params.ready_timeout is None:
         new, more = _became_running(new, now)
         actions += more
     return new, actions
@@ -467,13 +526,16 @@ def _spawned_while_stopping(params: RestartParams, rec: Record, pid: int, now: f
     ]
 
 
-def _became_running(rec: Record, now: float) -> Result:
-    """STARTING --Tick at started_at+start_secs--> RUNNING. Ends an outage, if one is open."""
+def _became_running(rec: Record, now: float, *, probed: bool = False) -> Result:
+    """STARTING --Tick at started_at+start_secs (or Ready)--> RUNNING. Ends an outage, if one
+    is open. With a probe the event is ``ready`` (``seconds`` since the spawn), else
+    ``running`` (``startup``)."""
     assert rec.started_at is not None
+    since = "seconds" if probed else "startup"
     fields: dict[str, FieldValue] = {
         "pid": rec.pid,
         "attempt": rec.attempt,
-        "startup": round(now - rec.started_at, 3),
+        since: round(now - rec.started_at, 3),
     }
     total = rec.total_downtime
     if rec.down_since is not None:
@@ -483,7 +545,16 @@ def _became_running(rec: Record, now: float) -> Result:
     new = replace(
         rec, state=State.RUNNING, running_since=now, down_since=None, total_downtime=total
     )
-    return new, [_emit(rec, "running", **fields)]
+    return new, [_emit(rec, "ready" if probed else "running", **fields)]
+
+
+def _not_ready(params: RestartParams, rec: Record, now: float) -> Result:
+    """STARTING --Tick at started_at+ready_timeout--> STOPPING(not_ready): a failed start. Its
+    exit then goes through the restart policy as a failure, whatever its status."""
+    assert params.ready_timeout is not None
+    new, actions = _begin_stop(params, rec, "not_ready", now)
+    event = _emit(rec, "not_ready", pid=rec.pid, timeout=params.ready_timeout)
+    return new, [event, *actions]
 
 
 def _backoff_forgotten(params: RestartParams, rec: Record) -> Result:
@@ -499,7 +570,13 @@ def _backoff_elapsed(rec: Record) -> Result:
 
 
 def _restart_policy(
-    params: RestartParams, rec: Record, info: ExitInfo | None, now: float, *, error: str | None
+    params: RestartParams,
+    rec: Record,
+    info: ExitInfo | None,
+    now: float,
+    *,
+    error: str | None,
+    failed: bool = False,
 ) -> Result:
     """STARTING/RUNNING (or STOPPING for oom_cleanup) --unplanned exit--> EXITED, FATAL or
     BACKOFF, by the restart policy documented at the top of this module."""
@@ -518,7 +595,7 @@ def _restart_policy(
                 "exit",
                 pid=rec.pid,
                 was=rec.state.value,
-                requested=False,
+                requested=rec.stop_reason == "not_ready",
                 uptime=None if uptime is None else round(uptime, 3),
                 **info.fields(),
             )
@@ -537,8 +614,9 @@ def _restart_policy(
         last_exit=info,
         last_error=error,
         down_since=down_since,
+        not_ready=rec.stop_reason == "not_ready",
     )
-    clean = info is not None and not info.failed
+    clean = not failed and info is not None and not info.failed
     if params.restart == "never" or (params.restart == "on-failure" and clean):
         return _give_up(params, gone, State.EXITED, info, actions, why=f"restart={params.restart}")
 
@@ -671,6 +749,9 @@ def _stop_finished(
         return _restart_policy(params, rec, oom, now, error=error)
     if reason == "controlled_restart" and error is not None:
         return _restart_policy(params, rec, None, now, error=error)
+    if reason == "not_ready":
+        # We stopped it, but for failing to start: a clean exit on our signal is no success.
+        return _restart_policy(params, rec, info, now, error=error, failed=True)
 
     actions: list[Action] = []
     if info is not None:
@@ -700,6 +781,8 @@ def _stop_finished(
 
 
 def _last_exit_reason(rec: Record) -> str:
+    if rec.not_ready:
+        return "not_ready"
     if rec.last_error is not None:
         return "spawn_failed"
     if rec.last_exit is None:

@@ -26,7 +26,7 @@ from oomguard.runtime.publish import Shutdown
 from oomguard.runtime.service import Service
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Mapping
 
     from oomguard.cgroup.fs import CgroupFS
     from oomguard.cgroup.path import CgroupPath
@@ -95,6 +95,8 @@ class Lifecycle:
         self.oom_lines: list[str] = []
         #: Prefixes the output of services with log = "prefix" (made by the supervisor).
         self.pump: OutputPump | None = None
+        #: Variables a service gets from other parts (readiness: $NOTIFY_SOCKET), by name.
+        self.extra_env: Callable[[str], Mapping[str, str]] = lambda name: {}
 
     def make_services(self) -> None:
         """One `Service` per spec, in start order, where the placement puts it."""
@@ -103,9 +105,12 @@ class Lifecycle:
             self.placement.attach(svc)
             self.services[spec.name] = svc
 
-    def start_all(self) -> None:
+    def start_all(self, hold: Callable[[str], bool] = lambda name: False) -> None:
+        """The initial start, in start order; `hold(name)` True leaves a service for later
+        (depends_on waits for readiness: runtime/readyhost.py starts it)."""
         for svc in self.services.values():
-            self.feed(svc, rp.Start())
+            if not hold(svc.name):
+                self.feed(svc, rp.Start())
 
     # -- the restart policy ---------------------------------------------------------------------
 
@@ -152,7 +157,7 @@ class Lifecycle:
             and not action.fields.get("requested", False)
             and action.fields.get("failed", True) is not False
         )
-        level = "warn" if unplanned or action.kind == "backoff" else "info"
+        level = "warn" if unplanned or action.kind in ("backoff", "not_ready") else "info"
         if svc.is_primary and unplanned:
             level = "error"
         self.host.log.log(level, action.kind, service=svc.name, **fields)  # type: ignore[arg-type]
@@ -200,6 +205,7 @@ class Lifecycle:
             watch = self.host.fs.file_path(svc.cgroup, "memory.pressure")
             extra["MEMORY_PRESSURE_WATCH"] = str(watch)
             extra["MEMORY_PRESSURE_WRITE"] = _b64(spec.pressure.psi_trigger.kernel_line())
+        extra.update(self.extra_env(svc.name))
         return launcher.LaunchSpec(
             name=svc.name,
             argv=tuple(spec.argv),

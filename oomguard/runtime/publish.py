@@ -51,7 +51,15 @@ def service_state(svc: Service, now: float, *, in_slice: bool) -> ServiceState:
         ),
         "started_at": svc.started_wall,
         "downtime_total": round(svc.rec.downtime(now), 3),
+        "ready_seconds": _ready_seconds(svc.rec),
     }
+
+
+def _ready_seconds(rec: rp.Record) -> float | None:
+    """From the spawn to ready (RUNNING) of the current process."""
+    if rec.running_since is None or rec.started_at is None:
+        return None
+    return round(rec.running_since - rec.started_at, 3)
 
 
 def state_services(

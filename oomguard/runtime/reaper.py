@@ -14,14 +14,27 @@ Two jobs, kept apart on purpose:
    other code in this process (e.g. a `subprocess.run`) is waiting for.
 
 Statuses are this module's own `ExitStatus`; the supervisor maps them onto the policy's types.
+
+A pid tracked with an ``on_exit`` callback (a short command of `runtime.oneshot`) belongs to
+another owner than the supervisor: whichever path collects it (the owner's `collect` when its
+pidfd turns readable, `reap` after a SIGCHLD, the orphan drain) hands the status to that
+callback instead of returning it, so no path can swallow a status someone waits for. With
+``kill_group`` every path first SIGKILLs what the process left in its process group, between
+seeing the exit (WNOWAIT) and consuming it: the zombie still holds its pid, so the pgid cannot
+name a group that reused the number.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 #: <linux/prctl.h>
 PR_SET_CHILD_SUBREAPER = 36
@@ -89,15 +102,80 @@ class Reaper:
     def __init__(self, subreaper: bool) -> None:
         self.subreaper = subreaper
         self._tracked: set[int] = set()
+        #: Tracked pids whose status goes to a callback rather than to `reap`'s caller.
+        self._owners: dict[int, Callable[[Reaped], None]] = {}
+        #: Pids whose process group is killed when they exit, before they are reaped.
+        self._group_kill: set[int] = set()
         #: How many untracked processes `reap()` collected (orphans reparented to us).
         self.orphans_reaped = 0
 
-    def track(self, pid: int) -> None:
+    def track(
+        self,
+        pid: int,
+        on_exit: Callable[[Reaped], None] | None = None,
+        *,
+        kill_group: bool = False,
+    ) -> None:
+        """Collect `pid`'s status. With `on_exit`, the status is handed to it (once) and `reap`
+        does not return it. With `kill_group`, the rest of its process group (pgid == pid: a
+        session leader) gets SIGKILL when it exits, before it is reaped."""
         self._tracked.add(pid)
+        if on_exit is not None:
+            self._owners[pid] = on_exit
+        if kill_group:
+            self._group_kill.add(pid)
 
     def untrack(self, pid: int) -> None:
         """Stop tracking `pid` without reaping it (its status is then someone else's)."""
         self._tracked.discard(pid)
+        self._owners.pop(pid, None)
+        self._group_kill.discard(pid)
+
+    def collect(self, pid: int) -> bool:
+        """Reap tracked `pid` alone if it has exited (its pidfd turned readable). Non-blocking.
+        The status goes to its `on_exit` callback, if it has one. True if it was collected."""
+        if pid not in self._tracked:
+            return False
+        done = self._collect(pid)
+        if done is None:
+            return False
+        self._deliver([done])
+        return True
+
+    def _collect(self, pid: int) -> Reaped | None:
+        try:
+            if pid in self._group_kill:
+                peek = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                if peek is None or peek.si_pid == 0:
+                    return None  # still running
+                self._kill_group(pid)
+            res = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            # ECHILD: not our child any more (reaped elsewhere, or SIGCHLD was SIG_IGN).
+            # Report it so nobody waits forever, with the status lost.
+            self._tracked.discard(pid)
+            return Reaped(pid, ExitStatus(), tracked=True)
+        if res is None or res.si_pid == 0:
+            return None  # still running
+        self._tracked.discard(pid)
+        return Reaped(pid, ExitStatus.from_waitid(res), tracked=True)
+
+    def _kill_group(self, pid: int) -> None:
+        """SIGKILL the process group of exited, unreaped `pid` (it was a session leader)."""
+        self._group_kill.discard(pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+
+    def _deliver(self, reaped: list[Reaped]) -> list[Reaped]:
+        """Hand owned statuses to their callbacks; return the rest."""
+        rest: list[Reaped] = []
+        for done in reaped:
+            owner = self._owners.pop(done.pid, None)
+            if owner is None:
+                rest.append(done)
+            else:
+                owner(done)
+        return rest
 
     @property
     def tracked(self) -> frozenset[int]:
@@ -107,21 +185,12 @@ class Reaper:
         """Collect every process that has exited and is ours to collect. Non-blocking."""
         out: list[Reaped] = []
         for pid in sorted(self._tracked):
-            try:
-                res = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
-            except ChildProcessError:
-                # ECHILD: not our child any more (reaped elsewhere, or SIGCHLD was SIG_IGN).
-                # Report it so the supervisor does not wait forever, with the status lost.
-                self._tracked.discard(pid)
-                out.append(Reaped(pid, ExitStatus(), tracked=True))
-                continue
-            if res is None or res.si_pid == 0:
-                continue  # still running
-            self._tracked.discard(pid)
-            out.append(Reaped(pid, ExitStatus.from_waitid(res), tracked=True))
+            done = self._collect(pid)
+            if done is not None:
+                out.append(done)
         if self.subreaper:
             out.extend(self._drain_orphans())
-        return out
+        return self._deliver(out)
 
     def _drain_orphans(self) -> list[Reaped]:
         out: list[Reaped] = []
@@ -133,6 +202,8 @@ class Reaper:
             if peek is None or peek.si_pid == 0:
                 break  # children exist, none has exited
             pid = peek.si_pid
+            if pid in self._group_kill:
+                self._kill_group(pid)  # peeked with WNOWAIT: still a zombie holding its pgid
             try:
                 res = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG)
             except ChildProcessError:  # pragma: no cover - single-threaded: cannot race

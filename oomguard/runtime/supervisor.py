@@ -54,6 +54,7 @@ from oomguard.runtime.context import Extension, SupervisorContext
 from oomguard.runtime.lifecycle import Identity, Lifecycle
 from oomguard.runtime.placement import Placement, ProcessGroups, Slices
 from oomguard.runtime.publish import Outcome, Publisher, Shutdown, outcome, state_services
+from oomguard.runtime.readyhost import ReadyExtension
 from oomguard.runtime.reaper import Reaper, become_subreaper
 from oomguard.runtime.service import Service
 from oomguard.runtime.sinks import Sinks
@@ -145,7 +146,10 @@ class Supervisor:
         )
         self._placed = False
         self.now = clock()
-        self.extensions: list[Extension] = []
+        #: Readiness probes, depends_on gating, oomguard's own sd_notify (runtime/readyhost.py).
+        self.ready = ReadyExtension(self)
+        self.lifecycle.extra_env = self.ready.env
+        self.extensions: list[Extension] = [self.ready]
 
     # -- what the parts and the context read ---------------------------------------------------
 
@@ -261,7 +265,10 @@ class Supervisor:
         try:
             self._setup()
             self.now = self.clock()
-            self.lifecycle.start_all()
+            # depends_on: a service starts once what it depends on is ready (readyhost).
+            self.lifecycle.start_all(hold=self.ready.hold)
+            # The first wait must know the probes' deadlines: tell them the services started.
+            self.ready.after_turn()
             while not self.lifecycle.finished():
                 self._flush_state()
                 self.output.watch()

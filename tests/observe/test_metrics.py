@@ -93,6 +93,7 @@ SERVICES: dict[str, dict[str, Any]] = {
         "last_exit": None,
         "started_at": 1.0,
         "downtime_total": 2.5,
+        "ready_seconds": 1.5,
     },
     "backup": {
         "state": "BACKOFF",
@@ -276,7 +277,7 @@ def test_every_exported_name_is_documented(metrics: Metrics) -> None:
     documented = set(re.findall(r"`(oomguard_[a-z0-9_]+)", DOC.read_text()))
     # Both ways: no undocumented metric, and no documented metric that does not exist.
     assert exported == documented, exported ^ documented
-    assert len(exported) == 16
+    assert len(exported) == 17
 
 
 def test_output_dropped_lines(metrics: Metrics) -> None:
@@ -435,3 +436,16 @@ def test_a_stalled_request_is_cut_off_after_the_timeout(monkeypatch: pytest.Monk
         assert get(scrape(m), "oomguard_info", version=__version__, mode="enforce") == 1
     finally:
         m.close()
+
+
+def test_ready_seconds_only_for_ready_services(metrics: Metrics) -> None:
+    metrics.publish(
+        None,
+        {
+            "db": {"state": "RUNNING", "role": "primary", "ready_seconds": 2.75},
+            "pooler": {"state": "STARTING", "ready_seconds": None},
+        },
+    )
+    s = scrape(metrics)
+    assert get(s, "oomguard_service_ready_seconds", service="db") == 2.75
+    assert ("oomguard_service_ready_seconds", (("service", "pooler"),)) not in s

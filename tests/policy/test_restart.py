@@ -15,6 +15,7 @@ from oomguard.policy.restart import (
     ExitInfo,
     Fatal,
     KillCgroup,
+    Ready,
     Record,
     Release,
     RestartParams,
@@ -601,6 +602,7 @@ param_sets = st.builds(
     restart_window=st.sampled_from([10.0, 300.0]),
     essential=st.booleans(),
     stop_timeout=st.sampled_from([0.5, 10.0]),
+    ready_timeout=st.sampled_from([None, 5.0]),
 )
 
 
@@ -643,7 +645,7 @@ def test_random_event_sequences_keep_the_world_consistent(
         if proc == "pending":
             possible += ["spawned", "spawned", "spawned", "spawn_failed"]
         elif isinstance(proc, int):
-            possible += ["exit_clean", "exit_crash", "exit_oom"]
+            possible += ["exit_clean", "exit_crash", "exit_oom", "ready", "stale_ready"]
         else:
             possible += ["stale_exit"]
         op = data.draw(st.sampled_from(possible))
@@ -662,6 +664,12 @@ def test_random_event_sequences_keep_the_world_consistent(
             info = {"exit_clean": CLEAN, "exit_crash": CRASH, "exit_oom": OOM}[op]
             proc = None
             apply(Exited(info))
+        elif op == "ready" and isinstance(proc, int):
+            apply(Ready(proc))
+        elif op == "stale_ready" and isinstance(proc, int):
+            before = rec
+            apply(Ready(proc + 100_000))
+            assert rec == before
         elif op == "stale_exit" and proc is None:
             before = rec
             apply(Exited(CRASH))
@@ -696,3 +704,111 @@ def test_random_event_sequences_keep_the_world_consistent(
             in_window = [u for u in backoffs if t - params.restart_window < u <= t]
             assert len(in_window) <= params.max_restarts
         assert rec.total_downtime >= 0.0
+
+
+# --- Readiness ----------------------------------------------------------------------------------
+
+PROBED = RestartParams(restart="on-failure", start_secs=1.0, max_restarts=3, ready_timeout=10.0)
+
+
+def test_probed_service_is_running_only_when_ready_not_after_start_secs() -> None:
+    rec = starting(PROBED, now=100.0, pid=42)
+    # start_secs is unused: the deadline is the ready timeout.
+    assert next_deadline(PROBED, rec) == 110.0
+    same, actions = decide(PROBED, rec, Tick(), 101.0)
+    assert same.state is State.STARTING and actions == []
+    rec, actions = decide(PROBED, rec, Ready(42), 103.5)
+    assert rec.state is State.RUNNING and rec.running_since == 103.5
+    (ready,) = emits(actions)
+    assert ready.kind == "ready"
+    assert ready.fields == {"service": "svc", "pid": 42, "attempt": 0, "seconds": 3.5}
+    assert next_deadline(PROBED, rec) is None
+
+
+def test_start_secs_zero_does_not_skip_the_probe() -> None:
+    params = replace(PROBED, start_secs=0.0)
+    rec = starting(params, pid=5)
+    assert rec.state is State.STARTING
+
+
+def test_ready_of_another_pid_or_in_another_state_is_a_no_op() -> None:
+    rec = starting(PROBED, pid=42)
+    assert decide(PROBED, rec, Ready(41), 1.0) == (rec, [])
+    up, _ = decide(PROBED, rec, Ready(42), 1.0)
+    assert decide(PROBED, up, Ready(42), 2.0) == (up, [])  # READY=1 twice
+    pending, _ = decide(PROBED, Record("svc"), Start(), 0.0)
+    assert decide(PROBED, pending, Ready(42), 0.0) == (pending, [])
+    # Without a probe a Ready means nothing: start_secs rules.
+    plain = starting(ALWAYS, pid=42)
+    assert decide(ALWAYS, plain, Ready(42), 0.5) == (plain, [])
+
+
+def test_not_ready_within_timeout_is_a_failed_start_even_on_a_clean_exit() -> None:
+    rec = starting(PROBED, now=0.0, pid=42)
+    rec, actions = decide(PROBED, rec, Tick(), 10.0)
+    assert rec.state is State.STOPPING and rec.stop_reason == "not_ready"
+    assert [e.kind for e in emits(actions)] == ["not_ready", "stop"]
+    assert emits(actions, "not_ready")[0].fields["timeout"] == 10.0
+    assert non_emits(actions) == [Signal("svc", PROBED.stop_signal)]
+    # It handles SIGTERM and exits 0: under on-failure that would be EXITED, but a start that
+    # never became ready failed.
+    rec, actions = decide(PROBED, rec, Exited(CLEAN), 10.5)
+    assert rec.state is State.BACKOFF
+    assert rec.attempt == 1
+    (exit_event,) = emits(actions, "exit")
+    assert exit_event.fields["requested"] is True
+    assert emits(actions, "backoff")[0].fields["reason"] == "not_ready"
+    # The next spawn clears the reason.
+    rec = respawn(PROBED, rec, pid=43)
+    assert not rec.not_ready
+
+
+def test_never_ready_ends_fatal_and_essential_takes_the_supervisor_down() -> None:
+    params = replace(PROBED, restart="always", max_restarts=2, essential=True)
+    rec = starting(params, pid=1)
+    fatal: list[Fatal] = []
+    now = 0.0
+    for pid in range(2, 10):
+        now = rec.started_at + params.ready_timeout  # type: ignore[operator]
+        rec, _ = decide(params, rec, Tick(), now)
+        rec, actions = decide(params, rec, Exited(ExitInfo(signal=15)), now + 0.1)
+        fatal += [a for a in actions if isinstance(a, Fatal)]
+        if rec.state is State.FATAL:
+            break
+        rec = respawn(params, rec, pid=pid)
+    assert rec.state is State.FATAL
+    assert [f.name for f in fatal] == ["svc"]
+
+
+def test_stop_timeout_still_applies_to_a_not_ready_stop() -> None:
+    rec = starting(PROBED, pid=42)
+    rec, _ = decide(PROBED, rec, Tick(), 10.0)
+    assert next_deadline(PROBED, rec) == 10.0 + PROBED.stop_timeout
+    rec, actions = decide(PROBED, rec, Tick(), 10.0 + PROBED.stop_timeout)
+    assert non_emits(actions) == [KillCgroup("svc")]
+
+
+def test_downtime_of_a_probed_service_counts_to_ready() -> None:
+    rec = starting(PROBED, now=0.0, pid=1)
+    rec, _ = decide(PROBED, rec, Ready(1), 2.0)
+    # A controlled restart at 100: down until the new process is *ready*, not spawned.
+    rec, _ = decide(PROBED, rec, Stop("controlled_restart"), 100.0)
+    rec, _ = decide(PROBED, rec, Exited(CLEAN), 101.0)
+    rec, _ = decide(PROBED, rec, Spawned(2), 101.0)
+    assert rec.state is State.STARTING
+    assert rec.downtime(104.0) == 4.0
+    rec, actions = decide(PROBED, rec, Ready(2), 106.0)
+    assert emits(actions, "ready")[0].fields["downtime"] == 6.0
+    assert rec.total_downtime == 6.0 and rec.down_since is None
+
+
+def test_evicted_service_counts_down_until_ready_after_release() -> None:
+    rec = starting(PROBED, now=0.0, pid=1)
+    rec, _ = decide(PROBED, rec, Ready(1), 1.0)
+    rec, _ = decide(PROBED, rec, Stop("evict"), 10.0)
+    rec, _ = decide(PROBED, rec, Exited(CLEAN), 11.0)
+    assert rec.state is State.EVICTED
+    rec, _ = decide(PROBED, rec, Release(), 50.0)
+    rec, _ = decide(PROBED, rec, Spawned(2), 50.0)
+    rec, actions = decide(PROBED, rec, Ready(2), 53.0)
+    assert emits(actions, "ready")[0].fields["downtime"] == 43.0

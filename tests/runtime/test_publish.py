@@ -61,6 +61,7 @@ def test_a_stopped_sidecar() -> None:
         "last_exit": None,
         "started_at": None,
         "downtime_total": 0.0,
+        "ready_seconds": None,
     }
 
 
@@ -83,6 +84,15 @@ def test_a_running_primary_after_an_oom_kill() -> None:
     assert (entry["restarts"], entry["evictions"]) == (3, 2)
     assert entry["downtime_total"] == 1.235
     assert entry["started_at"] == 1795732200.0
+
+
+def test_ready_seconds_from_the_spawn_to_ready() -> None:
+    db = _service("db")
+    db.child = FakeChild()  # type: ignore[assignment]
+    db.rec = replace(
+        db.rec, state=rp.State.RUNNING, pid=4242, started_at=10.0, running_since=12.3456
+    )
+    assert service_state(db, 1000.0, in_slice=True)["ready_seconds"] == 2.346
 
 
 def test_a_stale_start_time_is_not_published_without_a_process() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 from typing import TYPE_CHECKING
 
 import pytest
@@ -194,3 +195,53 @@ def test_subreaper_drain_reports_tracked_children_as_tracked(subreaper: None) ->
     finally:
         child.close()
         other.close()
+
+
+def test_owned_status_goes_to_its_callback_not_to_reap() -> None:
+    reaper = Reaper(subreaper=False)
+    owned = start("/bin/sh", "-c", "exit 5")
+    plain = start("/bin/sh", "-c", "exit 6")
+    got: list[Reaped] = []
+    reaper.track(owned.pid, got.append)
+    reaper.track(plain.pid)
+    for child in (owned, plain):
+        wait_readable(child.pidfd)
+    out = reaper.reap()
+    assert [(r.pid, r.status) for r in out] == [(plain.pid, ExitStatus(code=6))]
+    assert [(r.pid, r.status) for r in got] == [(owned.pid, ExitStatus(code=5))]
+    assert reaper.tracked == frozenset()
+    for child in (owned, plain):
+        child.close()
+
+
+def test_collect_reaps_one_pid_and_kills_its_group_first() -> None:
+    reaper = Reaper(subreaper=False)
+    other = start("/bin/sleep", "60")
+    reaper.track(other.pid)
+    # The leader exits at once and leaves a background sleep in its process group.
+    child = start("/bin/sh", "-c", "sleep 60 & echo $!", log="prefix")
+    got: list[Reaped] = []
+    reaper.track(child.pid, got.append, kill_group=True)
+    wait_readable(child.pidfd)
+    orphan = int(os.read(child.stdout_fd, 100).split()[0])
+    assert reaper.collect(other.pid) is False  # still running
+    assert reaper.collect(child.pid) is True
+    assert got[0].status == ExitStatus(code=0)
+    assert reaper.collect(child.pid) is False  # already collected
+    # The background sleep got SIGKILL while the leader was still a zombie.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{orphan}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                    break
+        except FileNotFoundError:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the leader's group was not killed")
+    other.send_signal(signal.SIGKILL)
+    wait_readable(other.pidfd)
+    assert [r.status for r in reaper.reap()] == [ExitStatus(signal=signal.SIGKILL)]
+    child.close()
+    other.close()
