@@ -51,9 +51,11 @@ from oomguard.config.fields import (
     AbsPath,
     CgroupRoot,
     Command,
+    CommNames,
     Criticality,
     Env,
     Fraction,
+    HookTimeout,
     Ident,
     LimitSize,
     Listen,
@@ -64,6 +66,7 @@ from oomguard.config.fields import (
     Names,
     OomScoreAdj,
     OptAbsPath,
+    OptCommand,
     Percent,
     PositiveDuration,
     Role,
@@ -265,6 +268,35 @@ class SliceConfig(BudgetConfig):
     pressure: PressureOverride = Field(default_factory=PressureOverride)
 
 
+class ShedConfig(_Model):
+    """``[service.X.shed]`` (the primary only): when the primary's own budget is pressured,
+    send ``signal`` to the largest process of its slice other than its main process, ranked by
+    unreclaimable private memory (policy/shed.py), before any sidecar is evicted."""
+
+    signal: SignalName = Field(default=signal.SIGTERM, json_schema_extra={"default": "SIGTERM"})
+    exclude_comm: CommNames = Field(
+        default=(), description="Process names (/proc/<pid>/comm) never shed."
+    )
+    cooldown: PositiveDuration = Field(
+        default=30.0, description="The minimum time between two sheds."
+    )
+    min_size: Size = Field(
+        default=32 * MiB,
+        description="A process holding less unreclaimable memory than this is never shed.",
+    )
+
+
+class HooksConfig(_Model):
+    """``[hooks]``: commands run beside oomguard's actions (never before them: see
+    docs/config.md). Each is killed after ``timeout``."""
+
+    before_evict: OptCommand = None
+    before_shed: OptCommand = None
+    before_restart: OptCommand = None
+    after_oom_kill: OptCommand = None
+    timeout: HookTimeout = 5.0
+
+
 class ServiceConfig(BudgetConfig):
     """``[service.X]``: one supervised command in its own cgroup."""
 
@@ -308,6 +340,9 @@ class ServiceConfig(BudgetConfig):
     )
     survive_partial_kill: StrictBool = False
     pressure_watch: StrictBool = False
+    shed: ShedConfig | None = Field(
+        default=None, description="Primary only: shed its largest process under pressure."
+    )
     watermark: LimitSize = Field(
         default=None,
         description="Primary only: controlled restart above this. Default: memory_high.",
@@ -359,6 +394,7 @@ class Config(_Model):
     service: dict[Name, ServiceConfig] = Field(
         default_factory=dict, json_schema_extra={"additionalProperties": False}
     )
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
 
     @model_validator(mode="after")
     def _cross_check(self) -> Config:
