@@ -42,7 +42,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from oomguard.cgroup.spec import Limits, SliceSpec, TreeSpec
+from oomguard.cgroup.spec import Limits, OomdHint, SliceSpec, TreeSpec
 from oomguard.config.checks import cross_field_problems
 from oomguard.config.fields import (
     PRIMARY_OOM_SCORE_ADJ,
@@ -574,6 +574,15 @@ class Config(_Model):
             lows[name] = sum(lows.get(k, self._budget(k).memory_low) for k in kids)
         return lows
 
+    def _oomd(self, name: str) -> OomdHint | None:
+        """The hint for systemd-oomd and oomd: avoid the primary's cgroup, prefer every sidecar
+        and every slice that holds no primary; the slices around the primary hold both, so none."""
+        if name == self.primary_name:
+            return "avoid"
+        if name in self.slice_chain(self.primary_name):
+            return None
+        return "prefer"
+
     def tree_spec(self) -> TreeSpec:
         """The slice tree to build: slices parents first (then file order), then services in
         start order. A service goes under its slice; top-level ones under the root. The primary
@@ -582,11 +591,23 @@ class Config(_Model):
         slices = sorted(self.slice, key=lambda n: (len(self.slice_chain(n)), slice_index[n]))
         lows = self._derived_lows()
         specs = [
-            SliceSpec(name, self.slice_path(name), "slice", self._slice_limits(name, lows))
+            SliceSpec(
+                name,
+                self.slice_path(name),
+                "slice",
+                self._slice_limits(name, lows),
+                self._oomd(name),
+            )
             for name in slices
         ]
         specs += [
-            SliceSpec(name, self.slice_path(name), "service", self._slice_limits(name, lows))
+            SliceSpec(
+                name,
+                self.slice_path(name),
+                "service",
+                self._slice_limits(name, lows),
+                self._oomd(name),
+            )
             for name in self.start_order()
         ]
         return TreeSpec(
