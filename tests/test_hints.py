@@ -65,6 +65,7 @@ PROSE = frozenset({"budget", "for", "overrides", "with", "and", "or", "in", "is"
 #: Flags of other tools that oomguard's hints quote (docker, podman, systemd-run).
 FOREIGN_FLAGS = frozenset(
     {"--privileged", "--security-opt", "--cgroupns", "--scope", "--cap-add", "--memory"}
+    | {"--avoid", "--prefer"}  # earlyoom's, in `check`'s advice (cli/killers.py)
 )
 
 
