@@ -58,6 +58,8 @@ class _Service:
         self.criticality, self.is_primary = spec.criticality, spec.is_primary
         self.evictable, self.watermark = spec.evictable, spec.watermark
         self.slice = spec.path[-2] if len(spec.path) > 1 else None
+        # The ShedSpec has a ShedConfig's attribute names (and the primary's stop_timeout).
+        self.shed = spec.shed
 
 
 @dataclass(frozen=True)
@@ -96,6 +98,8 @@ class _ConfigView:
             for b in plan.slices
         }
         self._budgets = {b.name: b for b in plan.slices}
+        # The HooksSpec has the HooksConfig's attribute names.
+        self.hooks = plan.hooks
 
     @property
     def primary(self) -> _Service:

@@ -144,6 +144,7 @@ class _ServiceRow:
     evictions: int
     primary: bool
     downtime_total: float
+    sheds: int = 0
 
 
 @dataclass(frozen=True)
@@ -193,6 +194,7 @@ def _service_row(name: str, svc: Mapping[str, Any]) -> _ServiceRow:
         evictions=int(svc.get("evictions") or 0),
         primary=svc.get("role") == "primary",
         downtime_total=float(svc.get("downtime_total") or 0.0),
+        sheds=int(svc.get("sheds") or 0),
     )
 
 
@@ -307,19 +309,25 @@ def _slice_families(pub: _Published) -> Iterator[Any]:
 def _service_families(pub: _Published, states: tuple[str, ...]) -> Iterator[Any]:
     restarts = _counter("oomguard_service_restarts", "Restarts by oomguard", ["service"])
     evictions = _counter("oomguard_service_evictions", "Evictions by oomguard", ["service"])
+    sheds = _counter(
+        "oomguard_service_sheds",
+        "Processes of the service's slice signalled by the shed rung",
+        ["service"],
+    )
     state = _gauge("oomguard_service_state", "1 for the current state", ["service", "state"])
     up = _gauge("oomguard_service_up", "1 if the service is RUNNING", ["service"])
     downtime = 0.0
     for svc in pub.services:
         restarts.add_metric([svc.service], float(svc.restarts))
         evictions.add_metric([svc.service], float(svc.evictions))
+        sheds.add_metric([svc.service], float(svc.sheds))
         known = states if svc.state in states else (*states, svc.state)
         for name in known:
             state.add_metric([svc.service, name], 1.0 if name == svc.state else 0.0)
         up.add_metric([svc.service], 1.0 if svc.state in UP_STATES else 0.0)
         if svc.primary:
             downtime += svc.downtime_total
-    yield from (restarts, evictions, state, up)
+    yield from (restarts, evictions, sheds, state, up)
     from prometheus_client.core import CounterMetricFamily
 
     yield CounterMetricFamily(

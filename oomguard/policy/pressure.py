@@ -298,6 +298,19 @@ def evaluate(
     return new, [WouldDo(action) if mode == "observe" else action]
 
 
+def shed_due(
+    state: PressureState, sample: BudgetSample, thresholds: Thresholds, now: float
+) -> bool:
+    """Whether `evaluate` could take the shed rung on this sample: pressured, the cooldown and
+    the shed rung's own cooldown passed. The runtime asks first, so that it reads the figures of
+    every process in the primary's slice only when a shed may follow."""
+    if classify(sample, thresholds)[0] is not PressureLevel.PRESSURED:
+        return False
+    if state.last_action_at is not None and now - state.last_action_at < thresholds.cooldown:
+        return False
+    return state.last_shed_at is None or now - state.last_shed_at >= thresholds.shed_cooldown
+
+
 def next_sample_at(state: PressureState, thresholds: Thresholds, now: float) -> float | None:
     """None when idle (nothing pressured, nothing evicted); else ``now + sample_interval``."""
     return now + thresholds.sample_interval if state.sampling else None

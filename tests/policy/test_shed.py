@@ -223,3 +223,18 @@ def test_a_shed_cooldown_shorter_than_the_cooldown_still_waits_for_the_cooldown(
     assert isinstance(ladder.at(0, OVER, prim())[0], Shed)
     assert ladder.at(2, OVER, prim()) == []  # one action per cooldown, whatever the rung
     assert isinstance(ladder.at(5, OVER, prim())[0], Shed)
+
+
+def test_shed_due_only_when_the_shed_rung_could_act() -> None:
+    from oomguard.policy.pressure import shed_due
+
+    fresh = PressureState()
+    assert shed_due(fresh, OVER, T, 0.0)
+    assert not shed_due(fresh, CALM, T, 0.0)
+    cooling = replace(fresh, last_action_at=100.0, last_shed_at=100.0)
+    assert not shed_due(cooling, OVER, T, 104.0)  # the cooldown
+    assert not shed_due(cooling, OVER, T, 120.0)  # the shed rung's own cooldown
+    assert shed_due(cooling, OVER, T, 130.0)
+    # The rung due agrees with evaluate taking it.
+    _state, [action] = evaluate(cooling, OVER, T, 130.0, primary=prim())
+    assert isinstance(action, Shed)
