@@ -306,7 +306,7 @@ class SupervisorContext:
 
     def count_shed(self, name: str) -> None:
         self._sup.services[name].sheds += 1
-        self._sup.dirty = True
+        self._sup.changed()
 
     def state_services(self) -> dict[str, Any]:
         return self._sup.state_services()
