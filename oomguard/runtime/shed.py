@@ -195,7 +195,15 @@ class ShedRung:
             reason=action.reason,
             **{k: v for k, v in figures.items() if k not in ("pid", "comm", "size")},
         )
-        ctx.emit("shed", svc.cgroup, service=svc.name, signal=signame, trigger=why, **dict(figures))
+        ctx.emit(
+            "shed",
+            svc.cgroup,
+            service=svc.name,
+            signal=signame,
+            reason=action.reason,
+            trigger=why,
+            **dict(figures),
+        )
         try:
             outcome = self.shedder.shed(action.pid, svc.pid, ctx.now)
         except OomguardError as err:
