@@ -27,7 +27,6 @@ The hook runs as oomguard's user, in oomguard's own cgroup (its leaf), with a cl
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from oomguard.runtime.launcher import LaunchSpec
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
 
     from oomguard.cgroup.path import CgroupPath
     from oomguard.observe.log import Logger
+    from oomguard.plan import HooksSpec
 
 #: The event kind oomguard records -> the hook it starts.
 HOOK_OF = {
@@ -78,14 +78,6 @@ class HookRunner(Protocol):
     ) -> object | None: ...
 
 
-@dataclass(frozen=True)
-class HookSettings:
-    """``[hooks]`` as plain values: hook name -> argv (only the configured ones), timeout."""
-
-    commands: Mapping[str, tuple[str, ...]]
-    timeout: float
-
-
 def hook_env(hook: str, kind: str, cgroup: str | None, fields: Mapping[str, Any]) -> dict[str, str]:
     """The variables that describe the event: OOMGUARD_EVENT (the hook's name), OOMGUARD_KIND
     (the event's), OOMGUARD_SERVICE, OOMGUARD_CGROUP (the cgroup's path under the cgroup2
@@ -110,8 +102,9 @@ def hook_env(hook: str, kind: str, cgroup: str | None, fields: Mapping[str, Any]
 class Hooks:
     """Starts the configured hooks from oomguard's events (see the module doc)."""
 
-    def __init__(self, settings: HookSettings, runner: HookRunner, log: Logger) -> None:
+    def __init__(self, settings: HooksSpec, runner: HookRunner, log: Logger) -> None:
         self.settings = settings
+        self.commands = settings.commands
         self.runner = runner
         self.log = log
         #: Hooks running now, by name.
@@ -121,7 +114,7 @@ class Hooks:
         """Start the hook for event `kind`, if one is configured and not already running.
         Never raises: protection must not depend on a hook."""
         hook = HOOK_OF.get(kind)
-        argv = self.settings.commands.get(hook) if hook is not None else None
+        argv = self.commands.get(hook) if hook is not None else None
         if hook is None or argv is None:
             return
         service = fields.get("service")

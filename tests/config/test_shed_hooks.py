@@ -114,3 +114,35 @@ def test_hooks_defaults_and_values() -> None:
 def test_hooks_field_errors(hooks: dict[str, Any], path: str, words: str) -> None:
     [problem] = problems(hooks=hooks)
     assert problem.startswith(f"{path}: ") and words in problem
+
+
+def test_the_plan_carries_the_shed_rung_and_the_hooks_through_its_json_form() -> None:
+    from oomguard.config.compile import compile_plan
+    from oomguard.plan import HooksSpec, ShedSpec, from_json, to_json
+
+    cfg = Config.from_mapping(
+        {
+            "service": {
+                "db": {
+                    **PRIMARY,
+                    "stop_timeout": "30s",
+                    "shed": {"signal": "INT", "exclude_comm": ["walwriter"], "min_size": "1M"},
+                },
+                "pool": {"command": "pgbouncer"},
+            },
+            "hooks": {"before_shed": "/bin/true x", "timeout": "2s"},
+        }
+    )
+    plan = compile_plan(cfg)
+    assert plan.primary_service.shed == ShedSpec(
+        signal=int(signal.SIGINT),
+        exclude_comm=("walwriter",),
+        min_size=1 * MiB,
+        cooldown=30.0,
+        wait=30.0,  # the primary's stop_timeout
+    )
+    assert plan.service("pool").shed is None
+    assert plan.hooks == HooksSpec(before_shed=("/bin/true", "x"), timeout=2.0)
+    assert plan.hooks.commands == {"before_shed": ("/bin/true", "x")}
+    assert from_json(to_json(plan)) == plan
+    assert compile_plan(config()).hooks.commands == {}

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from oomguard.cgroup.path import CgroupPath
 from oomguard.observe.log import Logger
-from oomguard.runtime.hooks import ENV_MAX, VALUE_MAX, Hooks, HookSettings, hook_env
+from oomguard.plan import HooksSpec
+from oomguard.runtime.hooks import ENV_MAX, VALUE_MAX, Hooks, hook_env
 
 if TYPE_CHECKING:
     from oomguard.runtime.launcher import LaunchSpec
@@ -77,7 +78,8 @@ def hooks(
 ) -> tuple[Hooks, io.StringIO]:
     out = io.StringIO()
     log = Logger(out, clock_wall=lambda: 0.0, timestamps=False)
-    return Hooks(HookSettings(commands if commands is not None else ALL, 3.0), runner, log), out
+    spec = HooksSpec(**(commands if commands is not None else ALL), timeout=3.0)
+    return Hooks(spec, runner, log), out
 
 
 def test_each_event_starts_its_hook_with_the_timeout() -> None:
