@@ -65,7 +65,14 @@ class HookResult(Protocol):
 
 
 class HookRunner(Protocol):
-    """Runs a short command under a timeout (`runtime.oneshot.OneshotRunner`)."""
+    """Runs a short command under a timeout (`runtime.oneshot.OneshotRunner`): its owner calls
+    `tick` once `deadline` has passed (the timeouts), and `close` at the end."""
+
+    def deadline(self) -> float | None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def close(self) -> None: ...
 
     def run(
         self,
@@ -100,7 +107,8 @@ def hook_env(hook: str, kind: str, cgroup: str | None, fields: Mapping[str, Any]
 
 
 class Hooks:
-    """Starts the configured hooks from oomguard's events (see the module doc)."""
+    """Starts the configured hooks from oomguard's events (see the module doc). Also an
+    `Extension` of the loop, for the runner's timeouts (`deadline`/`tick`) and its `close`."""
 
     def __init__(self, settings: HooksSpec, runner: HookRunner, log: Logger) -> None:
         self.settings = settings
@@ -153,3 +161,25 @@ class Hooks:
             self.log.warn(
                 "hook_failed", hook=hook, service=service, why=result.describe(), **fields
             )
+
+    # -- Extension: the runner's timeouts ---------------------------------------------------
+
+    def setup(self, ctx: object) -> None:
+        """Nothing to set up: the hooks are started from `on_event`."""
+
+    def deadline(self) -> float | None:
+        return self.runner.deadline()
+
+    def on_counters(self, path: CgroupPath, delta: dict[str, int]) -> None:
+        """Not a signal for hooks."""
+
+    def tick(self, now: float) -> None:
+        self.runner.tick(now)
+
+    def after_turn(self) -> None:
+        """Nothing per turn."""
+
+    def close(self) -> None:
+        """Kill what still runs (no results are delivered after this)."""
+        self.runner.close()
+        self.running.clear()

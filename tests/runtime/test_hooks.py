@@ -45,6 +45,19 @@ class FakeRunner:
     fail_start: bool = False
     crash: bool = False
 
+    deadline_at: float | None = None
+    ticks: list[float] = field(default_factory=list)
+    closed: bool = False
+
+    def deadline(self) -> float | None:
+        return self.deadline_at
+
+    def tick(self, now: float) -> None:
+        self.ticks.append(now)
+
+    def close(self) -> None:
+        self.closed = True
+
     def run(
         self,
         spec: LaunchSpec,
@@ -188,3 +201,17 @@ def test_a_hook_that_cannot_start_or_a_runner_that_raises_never_raises() -> None
     crashing.on_event("shed", DB, {"service": "db"})
     assert "hook_failed level=warn hook=before_shed service=db error=EMFILE" in out2.getvalue()
     assert crashing.running == set()
+
+
+def test_the_extension_serves_the_runners_timeouts_and_closes_it() -> None:
+    runner = FakeRunner(deadline_at=12.5)
+    h, _ = hooks(runner)
+    h.setup(object())
+    assert h.deadline() == 12.5
+    h.tick(13.0)
+    h.on_counters(DB, {"high": 1})
+    h.after_turn()
+    assert runner.ticks == [13.0]
+    h.on_event("evict", BACKUP, {"service": "backup"})
+    h.close()
+    assert runner.closed and h.running == set()
