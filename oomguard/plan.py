@@ -103,7 +103,7 @@ class ShedSpec:
     signal: int
     #: Process names (/proc/<pid>/comm) never shed.
     exclude_comm: tuple[str, ...]
-    #: A process with less unreclaimable memory than this (bytes) is never shed.
+    #: A process with less private memory (RssAnon + VmSwap, bytes) than this is never shed.
     min_size: int
     #: The minimum seconds between two sheds.
     cooldown: float

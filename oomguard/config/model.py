@@ -282,7 +282,7 @@ class ShedConfig(_Model):
     )
     min_size: Size = Field(
         default=32 * MiB,
-        description="A process holding less unreclaimable memory than this is never shed.",
+        description="A process holding less private memory than this is never shed.",
     )
 
 

@@ -195,7 +195,7 @@ class ControlledRestart:
 @dataclass(frozen=True)
 class Shed:
     """Send the primary's shed signal to process ``pid`` of its slice (``size``: its
-    unreclaimable memory, `ProcMemory.unreclaimable`)."""
+    unreclaimable private memory, `ProcMemory.private`)."""
 
     primary: str
     pid: int
@@ -385,12 +385,12 @@ def _shed(
         watermark=primary.watermark,
         pid=victim.pid,
         comm=victim.comm,
-        size=victim.unreclaimable,
+        size=victim.private,
         rss_anon=victim.rss_anon,
         swap=victim.swap,
     )
     new = replace(state, last_action_at=now, last_shed_at=now)
-    return new, Shed(prim.name, victim.pid, victim.comm, victim.unreclaimable, reason, figures)
+    return new, Shed(prim.name, victim.pid, victim.comm, victim.private, reason, figures)
 
 
 def _figures(sample: BudgetSample) -> Figures:

@@ -45,7 +45,7 @@ class ProcMemory:
     swap: int = 0
 
     @property
-    def unreclaimable(self) -> int:
+    def private(self) -> int:
         """Private memory its exit frees and reclaim cannot take without swap (module doc)."""
         return self.rss_anon + self.swap
 
@@ -78,7 +78,7 @@ def ranked(
     exclude_comm: Collection[str] = (),
     min_size: int = 0,
 ) -> list[ProcMemory]:
-    """The candidates, largest unreclaimable memory first (ties: the newest, highest pid, first:
+    """The candidates, largest private memory first (ties: the newest, highest pid, first:
     a runaway is more often the latest arrival than the oldest worker)."""
     candidates = [
         p
@@ -86,10 +86,10 @@ def ranked(
         if p.pid != main_pid
         and p.pid > 1
         and p.comm not in exclude_comm
-        and p.unreclaimable >= min_size
-        and p.unreclaimable > 0
+        and p.private >= min_size
+        and p.private > 0
     ]
-    return sorted(candidates, key=lambda p: (p.unreclaimable, p.pid), reverse=True)
+    return sorted(candidates, key=lambda p: (p.private, p.pid), reverse=True)
 
 
 def choose(

@@ -44,7 +44,7 @@ def test_parse_status_reads_the_memory_fields_in_bytes() -> None:
     p = parse_status(4242, STATUS)
     assert p == ProcMemory(4242, "postgres", 650000 * 1024, 40000 * 1024, 2048 * 1024)
     # Shared memory is not what one process's exit frees: left out of the ranking figure.
-    assert p.unreclaimable == (650000 + 2048) * 1024
+    assert p.private == (650000 + 2048) * 1024
 
 
 def test_parse_status_of_a_zombie_or_kernel_thread_is_none() -> None:
@@ -66,7 +66,7 @@ SWAPPED = ProcMemory(202, "postgres", 40 * MiB, swap=100 * MiB)
 LAUNCHER = ProcMemory(203, "autovacuum", 800 * MiB)
 
 
-def test_largest_unreclaimable_first_never_the_main_process() -> None:
+def test_largest_private_first_never_the_main_process() -> None:
     order = ranked([MAIN, WORKER, SWAPPED, RUNAWAY], main_pid=100)
     assert [p.pid for p in order] == [205, 202, 201]
 

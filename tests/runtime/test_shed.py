@@ -69,7 +69,7 @@ def test_the_candidate_is_the_largest_private_process_of_the_slice_only(
     sh = shedder(fake)
     assert {p.pid for p in sh.processes()} == {100, 201, 202, 203, 204}
     pick = sh.candidate(main_pid=100)
-    assert pick is not None and pick.pid == 202 and pick.unreclaimable == 700 * MiB
+    assert pick is not None and pick.pid == 202 and pick.private == 700 * MiB
 
 
 def test_a_process_gone_between_listing_and_reading_is_skipped(fake: FakeCgroupFS) -> None:
