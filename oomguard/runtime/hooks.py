@@ -19,9 +19,9 @@ group SIGKILLed at ``timeout``). A hook that fails, hangs or cannot start is log
 raised. At most one instance of each hook runs at a time: an event while the previous one still
 runs is logged (``hook_skipped``) and has no hook, so a storm of events cannot pile up processes.
 
-The hook runs as oomguard's user, in oomguard's own cgroup (its leaf), with a clean environment
-(PATH, HOME, USER, LOGNAME, SHELL of that user) plus variables describing the event
-(`hook_env`).
+The hook runs as oomguard's user, in oomguard's own cgroup (its leaf), with ``oom_score_adj``
+1000 (the kernel's first choice there, never oomguard), and a clean environment (PATH, HOME,
+USER, LOGNAME, SHELL of that user) plus variables describing the event (`hook_env`).
 """
 
 from __future__ import annotations
@@ -47,6 +47,9 @@ HOOK_OF = {
 }
 #: Figures with a name of their own in the environment (the rest: OOMGUARD_<NAME>).
 RENAMED = {"current": "OOMGUARD_USAGE", "limit": "OOMGUARD_LIMIT", "headroom": "OOMGUARD_HEADROOM"}
+#: A hook is expendable: if memory runs out where it runs (oomguard's own leaf), it goes first,
+#: not oomguard (whose own value it would inherit otherwise).
+HOOK_OOM_SCORE_ADJ = 1000
 #: Bounds on what an event puts in a hook's environment.
 ENV_MAX = 64
 VALUE_MAX = 1024
@@ -136,6 +139,7 @@ class Hooks:
             env=hook_env(hook, kind, where, fields),
             cwd="/",
             login_env=True,
+            oom_score_adj=HOOK_OOM_SCORE_ADJ,
         )
         self.running.add(hook)
         try:

@@ -110,6 +110,7 @@ def test_each_event_starts_its_hook_with_the_timeout() -> None:
     ]
     assert {r.timeout for r in runner.runs} == {3.0}
     assert all(r.spec.login_env and r.spec.cwd == "/" for r in runner.runs)
+    assert {r.spec.oom_score_adj for r in runner.runs} == {1000}  # expendable
 
 
 def test_other_events_and_unconfigured_hooks_start_nothing() -> None:
