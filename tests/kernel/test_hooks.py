@@ -80,7 +80,9 @@ def test_a_hanging_hook_is_killed_at_its_timeout_and_the_eviction_is_on_time(
     with start_run(tmp_path, cgroup2_mount, scratch_cgroup, config) as og:
         pids = og.wait_running("db", "steady", "leaky")
         evict = og.wait_event("evict", "leaky")[0]
-        wait_until(lambda: "pid=" in _text(record), "the hook's record", timeout=60)
+        wait_until(
+            lambda: "pid=" in _text(record), "the hook's record", timeout=120, context=og.context
+        )
         hook_pid = int(_text(record).split()[0].removeprefix("pid="))
         wait_until(lambda: _text(record.with_suffix(".out.child")), "the hook's child", timeout=60)
         grandchild = int(_text(record.with_suffix(".out.child")))
