@@ -31,6 +31,7 @@ from oomguard.policy.restart import RestartParams  # noqa: TC001
 
 __all__ = [
     "BudgetSpec",
+    "HooksSpec",
     "Limits",
     "LogFormat",
     "LogMode",
@@ -39,6 +40,7 @@ __all__ = [
     "PressureSpec",
     "PsiTriggerSpec",
     "ServiceSpec",
+    "ShedSpec",
     "SliceSpec",
     "TreeSpec",
     "from_json",
@@ -121,6 +123,43 @@ class ReadySpec:
 
 
 @dataclass(frozen=True)
+class ShedSpec:
+    """``[service.X.shed]`` of the primary: the shed rung of its ladder (runtime/shed.py)."""
+
+    #: Sent to the chosen process.
+    signal: int
+    #: Process names (/proc/<pid>/comm) never shed.
+    exclude_comm: tuple[str, ...]
+    #: A process with less private memory (RssAnon + VmSwap, bytes) than this is never shed.
+    min_size: int
+    #: The minimum seconds between two sheds.
+    cooldown: float
+    #: How long the ladder waits for a shed process to exit: the primary's stop_timeout.
+    wait: float
+
+
+#: The hooks, by name, in the order of `HooksSpec`'s fields.
+HOOK_NAMES = ("before_evict", "before_shed", "before_restart", "after_oom_kill")
+
+
+@dataclass(frozen=True)
+class HooksSpec:
+    """``[hooks]``: a command per hook (None: none), and the timeout of each run."""
+
+    before_evict: tuple[str, ...] | None = None
+    before_shed: tuple[str, ...] | None = None
+    before_restart: tuple[str, ...] | None = None
+    after_oom_kill: tuple[str, ...] | None = None
+    timeout: float = 5.0
+
+    @property
+    def commands(self) -> dict[str, tuple[str, ...]]:
+        """The configured hooks only, by name."""
+        out = {name: getattr(self, name) for name in HOOK_NAMES}
+        return {name: argv for name, argv in out.items() if argv is not None}
+
+
+@dataclass(frozen=True)
 class ServiceSpec:
     """One service, resolved: how to launch it, where it lives, how it ranks and restarts."""
 
@@ -164,6 +203,8 @@ class ServiceSpec:
     pressure: PressureSpec
     #: Its readiness probe; None: ready once up for start_secs.
     ready: ReadySpec | None = None
+    #: The primary's shed rung; None: none (always None for a sidecar).
+    shed: ShedSpec | None = None
 
     @property
     def slices(self) -> tuple[str, ...]:
@@ -196,6 +237,8 @@ class Plan:
     metrics_listen: str | None
     #: Refuse to start degraded (no writable cgroup v2 memory controller).
     require_cgroups: bool
+    #: ``[hooks]``.
+    hooks: HooksSpec = HooksSpec()
 
     @functools.cached_property
     def _by_name(self) -> dict[str, ServiceSpec]:

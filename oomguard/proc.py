@@ -384,6 +384,17 @@ def environ(
     return None if data is None else parse_environ(data)
 
 
+#: /proc/<pid>/status is ~1.5 KiB; a cap keeps a read bounded whatever the kernel prints.
+STATUS_LIMIT = 16384
+
+
+def status_text(pid: int | str, root: str | os.PathLike[str] = PROC) -> str | None:
+    """/proc/<pid>/status as text (at most `STATUS_LIMIT` bytes), or None if it is gone: one
+    read for both the name and the memory figures of a process (runtime/shed.py)."""
+    data = _read_bytes(_path(root, pid, "status"), STATUS_LIMIT)
+    return None if data is None else data.decode("utf-8", "replace")
+
+
 def memory(pid: int | str, root: str | os.PathLike[str] = PROC) -> Memory | None:
     """The process's memory by kind (see `Memory`), or None (gone, kernel thread, zombie)."""
     text = _read_text(_path(root, pid, "status"))

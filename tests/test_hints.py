@@ -26,10 +26,12 @@ import pytest
 from oomguard.cli.app import COMMANDS, SELF_PARSING, cli
 from oomguard.config.model import (
     Config,
+    HooksConfig,
     OomguardSection,
     PressureConfig,
     PressureOverride,
     ServiceConfig,
+    ShedConfig,
     SliceConfig,
 )
 
@@ -53,7 +55,8 @@ DOCS = sorted(
 _NAME = r"[A-Za-z0-9_<>*-]+"
 #: ``[oomguard] state_dir``, ``[slice.sidecars]` `memory_max``, ``[service.X] memory_high``.
 SECTION_KEY = re.compile(
-    rf"\[(oomguard(?:\.pressure)?|slice\.{_NAME}(?:\.pressure)?|service\.{_NAME})\]`? `?([a-z_]+)"
+    rf"\[(oomguard(?:\.pressure)?|hooks|slice\.{_NAME}(?:\.pressure)?|service\.{_NAME}(?:\.shed)?)\]"
+    r"`? `?([a-z_]+)"
 )
 #: ``service.backup.memory_max``, ``slice.X.pressure.cooldown`` (validate's error paths).
 DOTTED_KEY = re.compile(rf"\b(service|slice)\.({_NAME})\.([a-z_]+)(?:\.([a-z_]+))?")
@@ -62,6 +65,7 @@ PROSE = frozenset({"budget", "for", "overrides", "with", "and", "or", "in", "is"
 #: Flags of other tools that oomguard's hints quote (docker, podman, systemd-run).
 FOREIGN_FLAGS = frozenset(
     {"--privileged", "--security-opt", "--cgroupns", "--scope", "--cap-add", "--memory"}
+    | {"--avoid", "--prefer"}  # earlyoom's, in `check`'s advice (cli/killers.py)
 )
 
 
@@ -71,9 +75,11 @@ def model_for(section: str) -> type[BaseModel]:
         return OomguardSection
     if parts == ["oomguard", "pressure"]:
         return PressureConfig
+    if parts == ["hooks"]:
+        return HooksConfig
     if parts[0] == "slice":
         return PressureOverride if parts[2:] == ["pressure"] else SliceConfig
-    return ServiceConfig
+    return ShedConfig if parts[2:] == ["shed"] else ServiceConfig
 
 
 def key_refs(path: Path) -> list[tuple[int, str, str]]:
@@ -116,7 +122,7 @@ def test_every_config_key_named_exists(path: Path) -> None:
 
 def test_the_config_has_the_sections_this_test_knows() -> None:
     # A new section would need a line in model_for.
-    assert set(Config.model_fields) == {"oomguard", "slice", "service"}
+    assert set(Config.model_fields) == {"oomguard", "slice", "service", "hooks"}
 
 
 def _options(command: click.Command) -> set[str]:

@@ -521,8 +521,34 @@ class CgroupFS(CgroupSyscalls):
             return
         _kill_each(self, p)
 
+    # ------------------------------------------------------ kill without cgroup.kill (< 5.14)
 
-# ------------------------------------------------------------- kill without cgroup.kill (< 5.14)
+    def signal_member(self, p: CgroupPath, pid: int, sig: int) -> int | None:
+        """Send `sig` to process `pid` only if it is in `p` or below, pid reuse guarded: a pidfd
+        pins the process first, then the membership is read again, so the number cannot have
+        gone to another process in between. Returns the pidfd, open, for the caller to watch the
+        exit and close (-1 on a kernel without pidfd_open, < 5.3: then signalled by pid right
+        after the membership check); None if it is gone or not a member (nothing sent)."""
+        import signal  # see _signal_members
+
+        if pid <= 1:
+            return None
+        fd = self._sys_pidfd_open(pid)
+        if fd is None:
+            return None
+        try:
+            if pid not in self.procs_recursive(p):
+                raise LookupError(pid)
+            self._sys_signal(pid, fd, signal.Signals(sig))
+        except (LookupError, Vanished):
+            if fd >= 0:
+                os.close(fd)
+            return None
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            raise
+        return fd
 
 
 def _kill_each(fs: CgroupFS, p: CgroupPath) -> None:

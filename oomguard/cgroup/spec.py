@@ -37,14 +37,21 @@ class Limits:
     oom_group: bool = False
 
 
+#: What a cgroup asks of other userspace OOM killers (systemd-oomd, Meta's oomd), through the
+#: xattrs ``user.oomd_avoid`` / ``user.oomd_prefer`` (see cgroup/tree.py, `mark_oomd`).
+OomdHint = Literal["avoid", "prefer"]
+
+
 @dataclass(frozen=True)
 class SliceSpec:
-    """One cgroup in the tree. `path` is relative to the tree root, e.g. ("sidecars", "backup")."""
+    """One cgroup in the tree. `path` is relative to the tree root, e.g. ("sidecars", "backup").
+    `oomd`: the hint for other OOM killers (None: no xattr)."""
 
     name: str
     path: tuple[str, ...]
     kind: Literal["slice", "service"]
     limits: Limits = field(default_factory=Limits)
+    oomd: OomdHint | None = None
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from oomguard import proc
 from oomguard.cgroup.path import CgroupPath, CgroupPathError
-from oomguard.cgroup.spec import SUPERVISOR_LEAF, Limits, SliceSpec, TreeSpec
+from oomguard.cgroup.spec import SUPERVISOR_LEAF, Limits, OomdHint, SliceSpec, TreeSpec
 from oomguard.errors import CgroupError, ForeignCgroup, Vanished
 
 if TYPE_CHECKING:
@@ -184,6 +184,32 @@ def write_limits(fs: CgroupFS, p: CgroupPath, limits: Limits, warnings: list[str
     fs.write(p, "memory.oom.group", "1" if limits.oom_group else "0")
 
 
+#: The xattrs systemd-oomd (ManagedOOMPreference, v248+) and Meta's oomd read on a candidate
+#: cgroup: "avoid" skips it while any other candidate is left, "prefer" kills it first.
+#: systemd-oomd honours them only on cgroups owned by root (or by the monitored unit's owner).
+OOMD_XATTRS: dict[OomdHint, str] = {"avoid": "user.oomd_avoid", "prefer": "user.oomd_prefer"}
+
+
+def mark_oomd(fs: CgroupFS, p: CgroupPath, hint: OomdHint | None, warnings: list[str]) -> None:
+    """Set `hint`'s xattr to "1" on `p` (nothing for None). A cgroupfs without user.* xattrs
+    (before 5.7) or a refusal is a warning: the other killers then simply get no hint."""
+    if hint is None:
+        return
+    name = OOMD_XATTRS[hint]
+    try:
+        done = fs.set_xattr(p, name, b"1")
+    except Vanished:
+        return
+    except CgroupError as err:
+        warnings.append(f"cannot set {name} on {p}: {err.message}")
+        return
+    if not done:
+        warnings.append(
+            f"cannot set {name} on {p} (no user.* xattrs on this cgroupfs, or not allowed): "
+            "systemd-oomd and oomd get no hint to spare the primary"
+        )
+
+
 def _kill_and_wait(fs: CgroupFS, p: CgroupPath, timeout: float) -> list[int]:
     """SIGKILL the subtree of `p`; return the pids that were in it. Vanished counts as done."""
     try:
@@ -278,6 +304,7 @@ def _write_root_limits(
     )
     write_limits(fs, root, root_limits, warnings)
     write_limits(fs, leaf, Limits(min=spec.reserve), warnings)
+    mark_oomd(fs, leaf, "avoid", warnings)
 
 
 def _make_slices(
@@ -292,6 +319,7 @@ def _make_slices(
         fs.mkdir(p)
         _set_subtree(fs, p, s, s.path in has_children, spec.controllers)
         write_limits(fs, p, s.limits, warnings)
+        mark_oomd(fs, p, s.oomd, warnings)
         paths[s.name] = p
     return paths
 
@@ -418,6 +446,7 @@ def recreate(
             # children get no memory.* files (cgroup.subtree_control is top-down).
             fs.enable_controllers(p, spec.controllers)
         write_limits(fs, p, slice_spec.limits, warnings)
+        mark_oomd(fs, p, slice_spec.oomd, warnings)
         made.append(p)
     return made, warnings
 

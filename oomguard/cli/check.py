@@ -10,6 +10,7 @@ cgroupfs read-only or no memory controller); 2 cannot run at all.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import click
@@ -17,7 +18,10 @@ import click
 from oomguard.cgroup.verdict import Assessment, CheckLevel, assess
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from oomguard.cgroup.discover import Discovery
+    from oomguard.cgroup.verdict import Item
 
 
 def render(a: Assessment, d: Discovery) -> str:
@@ -54,17 +58,46 @@ def to_dict(a: Assessment, d: Discovery) -> dict[str, object]:
     }
 
 
+def with_others(a: Assessment, others: Sequence[Item]) -> Assessment:
+    """`a` with the items about other OOM killers on the host (cli/killers.py) after its own:
+    they warn, never change the verdict."""
+    return dataclasses.replace(a, items=(*a.items, *others))
+
+
+def _killer_items(config: str | None) -> list[Item]:
+    """The other OOM killers running here; with a config, earlyoom's suggested flags name the
+    primary's and the sidecars' process names."""
+    from oomguard.cli import killers
+
+    primary: str | None = None
+    sidecars: list[str] = []
+    if config is not None:
+        from oomguard.config.load import load_config
+
+        cfg = load_config(config)
+        primary = killers.comm_of(cfg.primary.command)
+        sidecars = [killers.comm_of(cfg.service[n].command) for n in cfg.sidecar_names()]
+    return killers.items(killers.scan(), primary_comm=primary, sidecar_comms=sidecars)
+
+
 @click.command("check")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as a JSON object.")
-def command(as_json: bool) -> int:
+@click.option(
+    "--config",
+    "config",
+    metavar="CONFIG",
+    help="A config file: advice about other OOM killers then names its services' processes.",
+)
+def command(as_json: bool, config: str | None) -> int:
     """Report whether this host/container can run oomguard, and how to fix what is missing.
 
     Exit 0: ready. 1: degraded (oom_score_adj only + usage watching). 2: cannot run.
     """
     from oomguard.cgroup.discover import discover
 
+    others = _killer_items(config)
     d = discover()
-    a = assess(d)
+    a = with_others(assess(d), others)
     if as_json:
         from oomguard.cli._output import dumps
 

@@ -44,7 +44,27 @@ class _Checker:
         self._depends_cycles()
         self._limits()
         self._services()
+        self._shed()
         return self.out
+
+    def _shed(self) -> None:
+        """The shed rule belongs to the primary, which must give it an early enough signal."""
+        for name, svc in self.cfg.service.items():
+            if svc.shed is None:
+                continue
+            if not svc.is_primary:
+                self.add(
+                    f"service.{name}.shed",
+                    "only the primary sheds processes (a sidecar under pressure is evicted "
+                    f"whole); remove [service.{name}.shed]",
+                )
+            elif svc.watermark is None:
+                self.add(
+                    f"service.{name}.shed",
+                    "shedding acts when the primary's usage reaches its watermark, and it has "
+                    "none; set memory_high (below memory_max: the kernel then throttles the "
+                    "runaway instead of killing it, which buys the time to shed) or watermark",
+                )
 
     def _names(self) -> None:
         cfg = self.cfg

@@ -12,11 +12,13 @@ from typing import TYPE_CHECKING
 
 from oomguard.plan import (
     BudgetSpec,
+    HooksSpec,
     Plan,
     PressureSpec,
     PsiTriggerSpec,
     ReadySpec,
     ServiceSpec,
+    ShedSpec,
 )
 from oomguard.policy.pressure import Thresholds
 from oomguard.policy.restart import RestartParams
@@ -51,6 +53,33 @@ def compile_plan(config: Config) -> Plan:
         state_dir=str(top.state_dir),
         metrics_listen=top.metrics_listen,
         require_cgroups=top.require_cgroups,
+        hooks=hooks_spec(config),
+    )
+
+
+def hooks_spec(config: Config) -> HooksSpec:
+    h = config.hooks
+    return HooksSpec(
+        before_evict=h.before_evict,
+        before_shed=h.before_shed,
+        before_restart=h.before_restart,
+        after_oom_kill=h.after_oom_kill,
+        timeout=h.timeout,
+    )
+
+
+def shed_spec(svc: ServiceConfig) -> ShedSpec | None:
+    """The primary's shed rung (the checks refuse it on a sidecar). A shed process gets as
+    long to exit as the primary itself would to stop."""
+    shed = svc.shed
+    if shed is None or not svc.is_primary:
+        return None
+    return ShedSpec(
+        signal=int(shed.signal),
+        exclude_comm=tuple(shed.exclude_comm),
+        min_size=shed.min_size,
+        cooldown=shed.cooldown,
+        wait=svc.stop_timeout,
     )
 
 
@@ -133,6 +162,7 @@ def _service(config: Config, name: str, limits: Limits) -> ServiceSpec:
         watermark=svc.watermark if primary else None,
         pressure=pressure_spec(config.pressure_for(name)),
         ready=ready_spec(svc.ready),
+        shed=shed_spec(svc),
     )
 
 

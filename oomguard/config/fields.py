@@ -311,6 +311,42 @@ def _command(value: object) -> tuple[str, ...]:
     return tuple(parts)
 
 
+def _opt_command(value: object) -> tuple[str, ...] | None:
+    return None if value is None else _command(value)
+
+
+#: The kernel's TASK_COMM_LEN is 16: a comm is at most 15 bytes.
+COMM_MAX = 15
+#: At most this many names in ``exclude_comm``: a list, not a database.
+EXCLUDE_COMM_MAX = 64
+
+
+def _comm_names(value: object) -> tuple[str, ...]:
+    """exclude_comm: process names as /proc/<pid>/comm shows them."""
+    example = 'e.g. ["autovacuum", "walwriter"]'
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise custom_error("comm", f"{show(value)} is not a list of process names; {example}")
+    if len(value) > EXCLUDE_COMM_MAX:
+        raise custom_error("comm", f"has {len(value)} names; at most {EXCLUDE_COMM_MAX}")
+    for name in value:
+        size = len(name.encode())
+        if not 0 < size <= COMM_MAX or any(c in name for c in "\0\n"):
+            raise custom_error(
+                "comm",
+                f"{show(name)} is not a process name: the kernel's comm is 1..{COMM_MAX} bytes "
+                "without NUL or newline; use what `ps -o comm` or /proc/<pid>/comm shows",
+            )
+    return tuple(value)
+
+
+#: Hooks run beside protection, never before it: a bound keeps a stuck hook from piling up.
+HOOK_TIMEOUT_MAX = 60.0
+
+
+def _hook_timeout(value: object) -> float:
+    return _duration(value, positive=True, maximum=HOOK_TIMEOUT_MAX)
+
+
 def _names(value: object) -> tuple[str, ...]:
     """depends_on: a list of service names, or one name as a string."""
     if isinstance(value, str):
@@ -489,6 +525,18 @@ Command = Annotated[
     WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
 ]
 Names = Annotated[tuple[str, ...], BeforeValidator(_names)]
+OptCommand = Annotated[
+    tuple[str, ...] | None,
+    BeforeValidator(_opt_command),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
+CommNames = Annotated[
+    tuple[str, ...],
+    BeforeValidator(_comm_names),
+    WithJsonSchema({"type": "array", "items": {"type": "string", "maxLength": COMM_MAX}}),
+]
+HookTimeout = Annotated[float, BeforeValidator(_hook_timeout), WithJsonSchema(_DURATION_SCHEMA)]
+"""More than 0, at most 60 s."""
 Name = Annotated[
     str,
     BeforeValidator(_name),

@@ -42,7 +42,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from oomguard.cgroup.spec import Limits, SliceSpec, TreeSpec
+from oomguard.cgroup.spec import Limits, OomdHint, SliceSpec, TreeSpec
 from oomguard.config.checks import cross_field_problems
 from oomguard.config.fields import (
     PRIMARY_OOM_SCORE_ADJ,
@@ -51,9 +51,11 @@ from oomguard.config.fields import (
     AbsPath,
     CgroupRoot,
     Command,
+    CommNames,
     Criticality,
     Env,
     Fraction,
+    HookTimeout,
     Ident,
     LimitSize,
     Listen,
@@ -64,6 +66,7 @@ from oomguard.config.fields import (
     Names,
     OomScoreAdj,
     OptAbsPath,
+    OptCommand,
     Percent,
     PositiveDuration,
     ProbeInterval,
@@ -313,6 +316,35 @@ class ReadyConfig(_Model):
         return "tcp" if self.tcp is not None else "notify"
 
 
+class ShedConfig(_Model):
+    """``[service.X.shed]`` (the primary only): when the primary's own budget is pressured,
+    send ``signal`` to the largest process of its slice other than its main process, ranked by
+    unreclaimable private memory (policy/shed.py), before any sidecar is evicted."""
+
+    signal: SignalName = Field(default=signal.SIGTERM, json_schema_extra={"default": "SIGTERM"})
+    exclude_comm: CommNames = Field(
+        default=(), description="Process names (/proc/<pid>/comm) never shed."
+    )
+    cooldown: PositiveDuration = Field(
+        default=30.0, description="The minimum time between two sheds."
+    )
+    min_size: Size = Field(
+        default=32 * MiB,
+        description="A process holding less private memory than this is never shed.",
+    )
+
+
+class HooksConfig(_Model):
+    """``[hooks]``: commands run beside oomguard's actions (never before them: see
+    docs/config.md). Each is killed after ``timeout``."""
+
+    before_evict: OptCommand = None
+    before_shed: OptCommand = None
+    before_restart: OptCommand = None
+    after_oom_kill: OptCommand = None
+    timeout: HookTimeout = 5.0
+
+
 class ServiceConfig(BudgetConfig):
     """``[service.X]``: one supervised command in its own cgroup."""
 
@@ -360,6 +392,9 @@ class ServiceConfig(BudgetConfig):
     )
     survive_partial_kill: StrictBool = False
     pressure_watch: StrictBool = False
+    shed: ShedConfig | None = Field(
+        default=None, description="Primary only: shed its largest process under pressure."
+    )
     watermark: LimitSize = Field(
         default=None,
         description="Primary only: controlled restart above this. Default: memory_high.",
@@ -411,6 +446,7 @@ class Config(_Model):
     service: dict[Name, ServiceConfig] = Field(
         default_factory=dict, json_schema_extra={"additionalProperties": False}
     )
+    hooks: HooksConfig = Field(default_factory=HooksConfig)
 
     @model_validator(mode="after")
     def _cross_check(self) -> Config:
@@ -590,6 +626,15 @@ class Config(_Model):
             lows[name] = sum(lows.get(k, self._budget(k).memory_low) for k in kids)
         return lows
 
+    def _oomd(self, name: str) -> OomdHint | None:
+        """The hint for systemd-oomd and oomd: avoid the primary's cgroup, prefer every sidecar
+        and every slice that holds no primary; the slices around the primary hold both, so none."""
+        if name == self.primary_name:
+            return "avoid"
+        if name in self.slice_chain(self.primary_name):
+            return None
+        return "prefer"
+
     def tree_spec(self) -> TreeSpec:
         """The slice tree to build: slices parents first (then file order), then services in
         start order. A service goes under its slice; top-level ones under the root. The primary
@@ -598,11 +643,23 @@ class Config(_Model):
         slices = sorted(self.slice, key=lambda n: (len(self.slice_chain(n)), slice_index[n]))
         lows = self._derived_lows()
         specs = [
-            SliceSpec(name, self.slice_path(name), "slice", self._slice_limits(name, lows))
+            SliceSpec(
+                name,
+                self.slice_path(name),
+                "slice",
+                self._slice_limits(name, lows),
+                self._oomd(name),
+            )
             for name in slices
         ]
         specs += [
-            SliceSpec(name, self.slice_path(name), "service", self._slice_limits(name, lows))
+            SliceSpec(
+                name,
+                self.slice_path(name),
+                "service",
+                self._slice_limits(name, lows),
+                self._oomd(name),
+            )
             for name in self.start_order()
         ]
         return TreeSpec(

@@ -146,6 +146,7 @@ class _ServiceRow:
     downtime_total: float
     #: Seconds from the spawn to ready of the current process (None: not ready).
     ready_seconds: float | None = None
+    sheds: int = 0
 
 
 @dataclass(frozen=True)
@@ -196,6 +197,7 @@ def _service_row(name: str, svc: Mapping[str, Any]) -> _ServiceRow:
         primary=svc.get("role") == "primary",
         downtime_total=float(svc.get("downtime_total") or 0.0),
         ready_seconds=(None if svc.get("ready_seconds") is None else float(svc["ready_seconds"])),
+        sheds=int(svc.get("sheds") or 0),
     )
 
 
@@ -310,6 +312,11 @@ def _slice_families(pub: _Published) -> Iterator[Any]:
 def _service_families(pub: _Published, states: tuple[str, ...]) -> Iterator[Any]:
     restarts = _counter("oomguard_service_restarts", "Restarts by oomguard", ["service"])
     evictions = _counter("oomguard_service_evictions", "Evictions by oomguard", ["service"])
+    sheds = _counter(
+        "oomguard_service_sheds",
+        "Processes of the service's slice signalled by the shed rung",
+        ["service"],
+    )
     state = _gauge("oomguard_service_state", "1 for the current state", ["service", "state"])
     up = _gauge("oomguard_service_up", "1 if the service is RUNNING", ["service"])
     ready = _gauge(
@@ -321,6 +328,7 @@ def _service_families(pub: _Published, states: tuple[str, ...]) -> Iterator[Any]
     for svc in pub.services:
         restarts.add_metric([svc.service], float(svc.restarts))
         evictions.add_metric([svc.service], float(svc.evictions))
+        sheds.add_metric([svc.service], float(svc.sheds))
         known = states if svc.state in states else (*states, svc.state)
         for name in known:
             state.add_metric([svc.service, name], 1.0 if name == svc.state else 0.0)
@@ -329,7 +337,7 @@ def _service_families(pub: _Published, states: tuple[str, ...]) -> Iterator[Any]
             ready.add_metric([svc.service], svc.ready_seconds)
         if svc.primary:
             downtime += svc.downtime_total
-    yield from (restarts, evictions, state, up, ready)
+    yield from (restarts, evictions, sheds, state, up, ready)
     from prometheus_client.core import CounterMetricFamily
 
     yield CounterMetricFamily(

@@ -76,6 +76,8 @@ class ServiceState(TypedDict, total=False):
     pgid: int | None
     restarts: int
     evictions: int
+    #: Processes of its slice the shed rung signalled (the primary's ``[service.X.shed]``).
+    sheds: int
     #: The service's cgroup; None when degraded (no slice: it runs in oomguard's own cgroup).
     slice: str | None
     role: Literal["primary", "sidecar"]

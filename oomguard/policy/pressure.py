@@ -35,7 +35,14 @@ Why this rule:
   * Restoring needs a positively good reading, not merely the absence of pressure: headroom
     back above headroom_min and no stall at all, held for ``hysteresis`` seconds.
 
-Actions, at most one per ``cooldown`` (a change needs time to show in the figures):
+Actions, at most one per ``cooldown`` (a change needs time to show in the figures). For the
+primary's own budget (its watermark) they form a ladder, cheapest first, the pressure re-checked
+before each rung; notifying the primary itself (``pressure_watch``) is the rung before all of
+these and needs no decision (the kernel fires the service's own PSI trigger):
+  0. PRESSURED, the primary's budget, ``[service.X.shed]`` set: ``Shed`` the largest process of
+     the primary's slice other than its main process (``PrimarySample.shed``, chosen by
+     ``policy.shed``), at most once per ``Thresholds.shed_cooldown``. While that rung cools
+     down, a persisting pressure goes on to the next one.
   1. PRESSURED: ``Evict`` the least critical RUNNING evictable non-primary member not already
      evicted (``ranking.eviction_order``: then the largest first). If pressure persists after
      the cooldown, the next one, and so on: a more critical member only goes if evicting the
@@ -72,6 +79,8 @@ from oomguard.policy.ranking import eviction_order
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
+
+    from oomguard.policy.shed import ProcMemory
 
 Mode: TypeAlias = Literal["enforce", "observe"]
 #: Numbers behind a decision, for the event log: plain scalars only.
@@ -111,10 +120,13 @@ class BudgetSample:
 @dataclass(frozen=True)
 class PrimarySample:
     """The primary's own slice: memory.current and the watermark above which a controlled
-    restart is allowed (None: never)."""
+    restart is allowed (None: never). ``shed``: the process to shed (`policy.shed.choose`),
+    given only when the budget evaluated is the primary's own and ``[service.X.shed]`` is set;
+    None: no shed rung."""
 
     current: int
     watermark: int | None
+    shed: ProcMemory | None = None
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,8 @@ class Thresholds:
     sample_interval: float = 1.0
     #: Minimum seconds between two controlled restarts of the primary.
     restart_hold: float = 60.0
+    #: Minimum seconds between two sheds (``[service.X.shed] cooldown``).
+    shed_cooldown: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +158,7 @@ class PressureState:
     evicted: tuple[str, ...] = ()
     last_action_at: float | None = None
     last_restart_at: float | None = None
+    last_shed_at: float | None = None
 
     @property
     def sampling(self) -> bool:
@@ -178,13 +193,29 @@ class ControlledRestart:
 
 
 @dataclass(frozen=True)
+class Shed:
+    """Send the primary's shed signal to process ``pid`` of its slice (``size``: its
+    unreclaimable private memory, `ProcMemory.private`)."""
+
+    primary: str
+    pid: int
+    comm: str
+    size: int
+    reason: str
+    figures: Figures = field(default_factory=dict)
+
+
+Act: TypeAlias = Evict | Restore | ControlledRestart | Shed
+
+
+@dataclass(frozen=True)
 class WouldDo:
     """What enforce mode would have done (observe mode only logs it)."""
 
-    action: Evict | Restore | ControlledRestart
+    action: Act
 
 
-PressureAction: TypeAlias = Evict | Restore | ControlledRestart | WouldDo
+PressureAction: TypeAlias = Act | WouldDo
 
 
 def headroom(sample: BudgetSample) -> float | None:
@@ -251,7 +282,7 @@ def evaluate(
         ),
     )
     cooled = state.last_action_at is None or now - state.last_action_at >= thresholds.cooldown
-    action: Evict | Restore | ControlledRestart | None = None
+    action: Act | None = None
     if level is PressureLevel.PRESSURED and cooled:
         new, action = _relieve(new, sample, thresholds, now, reason=reason, primary=primary)
     elif level is PressureLevel.CLEAR and cooled and new.evicted:
@@ -267,6 +298,19 @@ def evaluate(
     return new, [WouldDo(action) if mode == "observe" else action]
 
 
+def shed_due(
+    state: PressureState, sample: BudgetSample, thresholds: Thresholds, now: float
+) -> bool:
+    """Whether `evaluate` could take the shed rung on this sample: pressured, the cooldown and
+    the shed rung's own cooldown passed. The runtime asks first, so that it reads the figures of
+    every process in the primary's slice only when a shed may follow."""
+    if classify(sample, thresholds)[0] is not PressureLevel.PRESSURED:
+        return False
+    if state.last_action_at is not None and now - state.last_action_at < thresholds.cooldown:
+        return False
+    return state.last_shed_at is None or now - state.last_shed_at >= thresholds.shed_cooldown
+
+
 def next_sample_at(state: PressureState, thresholds: Thresholds, now: float) -> float | None:
     """None when idle (nothing pressured, nothing evicted); else ``now + sample_interval``."""
     return now + thresholds.sample_interval if state.sampling else None
@@ -280,9 +324,14 @@ def _relieve(
     *,
     reason: str,
     primary: PrimarySample | None,
-) -> tuple[PressureState, Evict | ControlledRestart | None]:
-    """Pick the one action for a pressured budget: evict the next member, else restart the
-    primary if it alone is over its watermark, else nothing (the kernel's limits take over)."""
+) -> tuple[PressureState, Evict | ControlledRestart | Shed | None]:
+    """Pick the one action for a pressured budget, the next rung of the ladder: shed (the
+    primary's budget only, when its rung is not cooling down), else evict the next member, else
+    restart the primary if it alone is over its watermark, else nothing (the kernel's limits
+    take over)."""
+    shed = _shed(state, sample, thresholds, now, reason=reason, primary=primary)
+    if shed is not None:
+        return shed
     candidates = [
         m
         for m in sample.members
@@ -309,6 +358,39 @@ def _relieve(
     figures.update(primary_current=primary.current, watermark=primary.watermark)
     new = replace(state, last_action_at=now, last_restart_at=now)
     return new, ControlledRestart(prim.name, reason, figures)
+
+
+def _shed(
+    state: PressureState,
+    sample: BudgetSample,
+    thresholds: Thresholds,
+    now: float,
+    *,
+    reason: str,
+    primary: PrimarySample | None,
+) -> tuple[PressureState, Shed] | None:
+    """The shed rung: the primary's budget is pressured, a process to shed was found, and the
+    rung has cooled down since the last shed."""
+    if primary is None or primary.shed is None:
+        return None
+    if state.last_shed_at is not None and now - state.last_shed_at < thresholds.shed_cooldown:
+        return None
+    prim = next((m for m in sample.members if m.is_primary), None)
+    if prim is None or not prim.running:
+        return None
+    victim = primary.shed
+    figures = _figures(sample)
+    figures.update(
+        primary_current=primary.current,
+        watermark=primary.watermark,
+        pid=victim.pid,
+        comm=victim.comm,
+        size=victim.private,
+        rss_anon=victim.rss_anon,
+        swap=victim.swap,
+    )
+    new = replace(state, last_action_at=now, last_shed_at=now)
+    return new, Shed(prim.name, victim.pid, victim.comm, victim.private, reason, figures)
 
 
 def _figures(sample: BudgetSample) -> Figures:

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from oomguard.cgroup.path import CgroupPath
     from oomguard.events.loop import Handler
     from oomguard.observe.log import Logger
-    from oomguard.plan import BudgetSpec, Plan, PressureSpec, ServiceSpec
+    from oomguard.plan import BudgetSpec, Plan, PressureSpec, ServiceSpec, ShedSpec
     from oomguard.policy.pressure import Mode
     from oomguard.runtime.supervisor import Service, Supervisor
 
@@ -110,6 +110,11 @@ class ServiceView:
         return self.spec.pressure
 
     @property
+    def shed(self) -> ShedSpec | None:
+        """The primary's ``[service.X.shed]``; None: no shed rung (always for a sidecar)."""
+        return self.spec.shed
+
+    @property
     def running(self) -> bool:
         """Up (starting or running) with a main process."""
         return self.state in (rp.State.RUNNING, rp.State.STARTING) and self.pid is not None
@@ -170,6 +175,9 @@ class Context(Protocol):
 
     def restart_primary(self) -> None:
         """Stop the primary with its stop signal and start it again (no backoff)."""
+
+    def count_shed(self, name: str) -> None:
+        """A process of `name`'s slice was sent its shed signal (state.json, metrics)."""
 
     def state_services(self) -> dict[str, Any]:
         """Per-service state in state.json's "services" shape."""
@@ -295,6 +303,10 @@ class SupervisorContext:
     def restart_primary(self) -> None:
         sup = self._sup
         sup.feed(sup.services[sup.primary], rp.Stop("controlled_restart"))
+
+    def count_shed(self, name: str) -> None:
+        self._sup.services[name].sheds += 1
+        self._sup.changed()
 
     def state_services(self) -> dict[str, Any]:
         return self._sup.state_services()

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import select
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from oomguard.errors import OomguardError, Vanished
@@ -46,6 +46,7 @@ from oomguard.policy import pressure as pp
 from oomguard.policy import restart as rp
 from oomguard.runtime import headroom
 from oomguard.runtime.autohigh import PRIMARY_BUDGET, TREE_BUDGET, AutoHigh, sidecar_groups
+from oomguard.runtime.shed import ShedRung
 from oomguard.units import format_size
 
 if TYPE_CHECKING:
@@ -97,6 +98,8 @@ class PressureResponse:
         self.restart_pending: dict[str, float] = {}
         #: The sidecar groups' automatic memory.high (None until set up with a tree).
         self.auto: AutoHigh | None = None
+        #: The shed rung of the primary's ladder (None: no ``[service.X.shed]``).
+        self.shed: ShedRung | None = None
 
     @property
     def ctx(self) -> Context:
@@ -131,12 +134,12 @@ class PressureResponse:
         self._add(Budget(TREE_BUDGET, root, names, tree.thresholds), tree)
         watermark = primary.watermark
         if watermark is not None:
+            thresholds = primary.pressure.thresholds
+            self.shed = ShedRung.create(ctx)
+            if self.shed is not None:
+                thresholds = replace(thresholds, shed_cooldown=self.shed.settings.cooldown)
             budget = Budget(
-                PRIMARY_BUDGET,
-                primary.cgroup,
-                names,
-                primary.pressure.thresholds,
-                fixed_limit=watermark,
+                PRIMARY_BUDGET, primary.cgroup, names, thresholds, fixed_limit=watermark
             )
             self._add(budget, ctx.service(names[0]).pressure)
         ctx.log.info(
@@ -144,6 +147,7 @@ class PressureResponse:
             budgets=",".join(self.budgets),
             mode=ctx.mode,
             watermark=format_size(watermark) if watermark is not None else "-",
+            shed="on" if self.shed is not None else "off",
         )
 
     def deadline(self) -> float | None:
@@ -194,6 +198,8 @@ class PressureResponse:
     def close(self) -> None:
         for budget in self.budgets.values():
             self._drop_trigger(budget)
+        if self.shed is not None:
+            self.shed.close()
 
     # -- PSI triggers -------------------------------------------------------------------------
 
@@ -279,7 +285,8 @@ class PressureResponse:
         ctx = self.ctx
         if ctx.stopping:
             return
-        if self._stopping(budget) is not None:
+        held = self._stopping(budget) or (self.shed and self.shed.holding(budget.members))
+        if held:
             # An eviction (or a controlled restart) of a member is still in flight: its memory
             # is uncharged only when its processes exit, so the budget reads as pressured as
             # before. Deciding now would evict the next, more critical member for pressure the
@@ -359,7 +366,10 @@ class PressureResponse:
             # the primary wants more. That is "over its watermark". Only when its unreclaimable
             # usage is that close: `high` also rises when only page cache reached memory.high.
             prim_current = watermark + 1
-        return pp.PrimarySample(current=prim_current, watermark=watermark)
+        shed = None
+        if self.shed is not None and budget.name == PRIMARY_BUDGET:
+            shed = self.shed.candidate(budget.state, sample, budget.thresholds)
+        return pp.PrimarySample(current=prim_current, watermark=watermark, shed=shed)
 
     # -- acting ---------------------------------------------------------------------------------
 
@@ -367,6 +377,9 @@ class PressureResponse:
         ctx = self.ctx
         if isinstance(action, pp.WouldDo):
             self._would_do(budget, action, why)
+        elif isinstance(action, pp.Shed):
+            assert self.shed is not None  # only the rung's candidate becomes a Shed
+            self.shed.apply(action, _fields(budget, action.figures), why)
         elif isinstance(action, pp.Evict):
             svc = ctx.service(action.name)
             figs = _fields(budget, action.figures)
@@ -399,8 +412,9 @@ class PressureResponse:
             pp.Evict: "would_evict",
             pp.Restore: "would_restore",
             pp.ControlledRestart: "would_restart",
+            pp.Shed: "would_shed",
         }[type(inner)]
-        name = inner.primary if isinstance(inner, pp.ControlledRestart) else inner.name
+        name = inner.name if isinstance(inner, pp.Evict | pp.Restore) else inner.primary
         reason = getattr(inner, "reason", "clear")
         figs = _fields(budget, inner.figures)
         ctx.log.warn(kind, service=name, reason=reason, **figs)

@@ -40,6 +40,7 @@ def service_state(svc: Service, now: float, *, in_slice: bool) -> ServiceState:
         "pgid": pid,
         "restarts": svc.rec.restarts_total,
         "evictions": svc.evictions,
+        "sheds": svc.sheds,
         "slice": str(svc.cgroup) if in_slice else None,
         "role": "primary" if svc.is_primary else "sidecar",
         "criticality": None if svc.is_primary else svc.criticality,

@@ -36,6 +36,8 @@ class Service:
     oom_pending: bool = False
     started_wall: float | None = None
     evictions: int = 0
+    #: Processes of its slice the shed rung signalled (runtime/shed.py).
+    sheds: int = 0
     #: The main process's start time (see observe/state.py); None until started.
     pid_start: int | None = None
 

@@ -70,8 +70,9 @@ if TYPE_CHECKING:
     from oomguard.observe.log import Logger
     from oomguard.observe.sink import OutputSink
     from oomguard.observe.state import ServiceState
-    from oomguard.plan import Plan
+    from oomguard.plan import HooksSpec, Plan
     from oomguard.policy import restart as rp
+    from oomguard.runtime.hooks import Hooks
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,8 @@ class Supervisor:
         self.ready = ReadyExtension(self)
         self.lifecycle.extra_env = self.ready.env
         self.extensions: list[Extension] = [self.ready]
+        #: ``[hooks]``, started from `emit` (runtime/hooks.py); None: no hooks.
+        self.hooks: Hooks | None = None
 
     # -- what the parts and the context read ---------------------------------------------------
 
@@ -183,7 +186,10 @@ class Supervisor:
             self.publisher.dirty = True
 
     def emit(self, kind: str, cgroup: CgroupPath | None, **fields: Any) -> None:
-        """Append an event to events.jsonl (the audit trail); never fails the loop."""
+        """Append an event to events.jsonl (the audit trail); never fails the loop. The event's
+        hook, if any, starts here: just before the action it records (runtime/hooks.py)."""
+        if self.hooks is not None:
+            self.hooks.on_event(kind, cgroup, fields)
         if self.publisher is not None:
             self.publisher.emit(kind, cgroup, **fields)
 
@@ -252,9 +258,24 @@ class Supervisor:
         self.lifecycle.pump = self.output.make_pump(prefixed, width)
         self.lifecycle.make_services()
         # Extensions see the supervisor only through the narrow context (runtime/context).
+        self._setup_hooks(self.plan.hooks)
         ctx = SupervisorContext(self, self.plan)
         for ext in self.extensions:
             ext.setup(ctx)
+
+    def _setup_hooks(self, spec: HooksSpec) -> None:
+        """``[hooks]``: started from `emit` (runtime/hooks.py) through a runner of their own
+        (pidfd-watched, killed at the timeout); the runner's timeouts are served like an
+        extension's."""
+        if not spec.commands:
+            return
+        from oomguard.runtime.hookrunner import HookRunner
+        from oomguard.runtime.hooks import Hooks
+
+        runner = HookRunner(self.loop.add, self.loop.remove, clock=self.clock)
+        self.hooks = Hooks(spec, runner, self.log)
+        self.extensions.append(self.hooks)
+        self.log.info("hooks", hooks=",".join(spec.commands), timeout=f"{spec.timeout:g}s")
 
     def _protect_self(self) -> None:
         _protect_self(self.log)

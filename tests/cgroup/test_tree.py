@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import errno
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 import pytest
@@ -631,3 +632,66 @@ def test_recreate_warns_like_build_about_a_swap_limit_it_cannot_write(tmp_path: 
     made, warnings = recreate(fake, spec(swap_max=64 * M), built.root, backup)
     assert made == [backup]
     assert len(warnings) == 1 and "memory.swap.max is absent" in warnings[0]
+
+
+# ---------------------------------------------------------------- hints for other OOM killers
+
+
+def _hinted() -> TreeSpec:
+    base = spec()
+    hints = {"db": "avoid", "sidecars": "prefer", "backup": "prefer", "exporter": "prefer"}
+    return TreeSpec(
+        root=base.root,
+        reserve=base.reserve,
+        memory_max=base.memory_max,
+        slices=tuple(replace(s, oomd=hints[s.name]) for s in base.slices),  # type: ignore[arg-type]
+    )
+
+
+def test_oomd_xattrs_on_the_primary_the_leaf_and_the_sidecars(fake: FakeCgroupFS) -> None:
+    built = build(fake, _hinted(), SUPERVISOR_PID, ROOT)
+    avoid = {str(p) for p in fake.walk(built.root) if fake.get_xattr(p, "user.oomd_avoid")}
+    prefer = {str(p) for p in fake.walk(built.root) if fake.get_xattr(p, "user.oomd_prefer")}
+    assert avoid == {"/oomguard/db", "/oomguard/supervisor"}
+    assert prefer == {
+        "/oomguard/sidecars",
+        "/oomguard/sidecars/backup",
+        "/oomguard/sidecars/exporter",
+    }
+    assert fake.get_xattr(built.paths["db"], "user.oomd_avoid") == b"1"
+    assert built.warnings == ()
+
+
+def test_oomd_xattr_refused_is_a_warning_not_an_error(tmp_path: Path) -> None:
+    fs = FakeCgroupFS(tmp_path / "cg", xattr_user=False)
+    fs.add_proc(ROOT, SUPERVISOR_PID)
+    built = build(fs, _hinted(), SUPERVISOR_PID, ROOT)
+    assert built.paths["db"] == P("/oomguard/db")
+    said = [w for w in built.warnings if "user.oomd_" in w]
+    assert len(said) == 5  # the leaf, db and the three sidecar cgroups
+    assert any("user.oomd_avoid on /oomguard/db" in w for w in said)
+
+
+def test_config_hints_avoid_the_primary_and_prefer_what_holds_no_primary() -> None:
+    from oomguard.config.model import Config
+
+    cfg = Config.from_mapping(
+        {
+            "slice": {"outer": {}, "sidecars": {}},
+            "service": {
+                "db": {"command": "postgres", "role": "primary", "slice": "outer"},
+                "near": {"command": "x", "slice": "outer"},
+                "backup": {"command": "x", "slice": "sidecars"},
+                "loose": {"command": "x"},
+            },
+        }
+    )
+    hints = {s.name: s.oomd for s in cfg.tree_spec().slices}
+    assert hints == {
+        "outer": None,  # holds the primary and a sidecar: no hint either way
+        "sidecars": "prefer",
+        "db": "avoid",
+        "near": "prefer",
+        "backup": "prefer",
+        "loose": "prefer",
+    }

@@ -451,7 +451,7 @@ def test_schema_needs_no_config(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["validate", "--schema"], capsys)
     assert code == 0
     schema = json.loads(out)
-    assert set(schema["properties"]) == {"oomguard", "slice", "service"}
+    assert set(schema["properties"]) == {"oomguard", "slice", "service", "hooks"}
     assert schema["additionalProperties"] is False
     service = schema["$defs"]["ServiceConfig"]
     assert "command" in service["required"]

@@ -88,6 +88,7 @@ SERVICES: dict[str, dict[str, Any]] = {
         "pid": 123,
         "restarts": 1,
         "evictions": 0,
+        "sheds": 3,
         "slice": "/oomguard/db",
         "role": "primary",
         "last_exit": None,
@@ -191,6 +192,8 @@ def test_service_metrics(metrics: Metrics) -> None:
     assert get(s, "oomguard_service_restarts_total", service="backup") == 4
     assert get(s, "oomguard_service_restarts_total", service="pooler") == 0
     assert get(s, "oomguard_service_evictions_total", service="backup") == 2
+    assert get(s, "oomguard_service_sheds_total", service="db") == 3
+    assert get(s, "oomguard_service_sheds_total", service="backup") == 0  # no field: 0
     assert get(s, "oomguard_service_up", service="db") == 1
     assert get(s, "oomguard_service_up", service="backup") == 0
     for state in SERVICE_STATES:
@@ -277,7 +280,7 @@ def test_every_exported_name_is_documented(metrics: Metrics) -> None:
     documented = set(re.findall(r"`(oomguard_[a-z0-9_]+)", DOC.read_text()))
     # Both ways: no undocumented metric, and no documented metric that does not exist.
     assert exported == documented, exported ^ documented
-    assert len(exported) == 17
+    assert len(exported) == 18
 
 
 def test_output_dropped_lines(metrics: Metrics) -> None:

@@ -109,6 +109,9 @@ class FakeContext:
         self.actions.append(("restart", self.primary))
         self.set(self.primary, state=rp.State.STOPPING, stop_reason="controlled_restart")
 
+    def count_shed(self, name: str) -> None:
+        self.actions.append(("shed", name))
+
     def state_services(self) -> dict[str, Any]:
         return {}
 

@@ -54,6 +54,7 @@ def test_a_stopped_sidecar() -> None:
         "pgid": None,
         "restarts": 0,
         "evictions": 0,
+        "sheds": 0,
         "slice": "/og/backup",
         "role": "sidecar",
         "criticality": 10,
