@@ -60,6 +60,7 @@ from tests.kernel.pg import (  # noqa: E402
     missing_tools,
     pg_bin,
     prefill,
+    service_key_supported,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ if TYPE_CHECKING:
 
 #: The session needs 700 MiB; memory_high is below it, memory_max above it; the session plus
 #: the resident database (scale 6: ~100 MiB on tmpfs, charged to PostgreSQL) exceed memory_max.
-SCENARIO = RunawayScenario(mib=700, high="512M", max="768M", scale=6)
+SCENARIO = RunawayScenario(mib=700, watermark="448M", high="512M", max="768M", scale=6)
 #: pgbench: 4 clients at a fixed rate (a served database, not one pinned at 100 % CPU of the
 #: guest's single vCPU), for long enough to see the runaway start and end.
 CLIENTS = 4
@@ -182,15 +183,23 @@ def plain_runaway(
 def shed_config(base: Path, sc: RunawayScenario, **primary: Any) -> dict[str, Any]:
     """The example config for the runaway scenario: the primary's memory_high and memory_max
     from `sc` (the example's own shed rule applies; `primary` overrides)."""
-    pg = {"memory_high": sc.high, "memory_max": sc.max, **primary}
-    return example_config(base, {"service": {"postgres": pg}})
+    pg = {**sc.primary(), **primary}
+    config = example_config(base, {"oomguard": {"pressure": {"cooldown": "2s"}}})
+    config["service"]["postgres"].update(pg)
+    config["service"]["postgres"].setdefault("shed", {"signal": "SIGTERM"})
+    return config
 
 
 def oomguard_runaway(mount: Path, cluster: Cluster, sc: RunawayScenario, seconds: int) -> Outcome:
     """Layout B: `oomguard run` with shed_config()."""
     from tests.kernel.support import start_run
 
-    out = Outcome(f"B: oomguard, example + memory_high {sc.high}, max {sc.max}")
+    out = Outcome(
+        f"B: oomguard, example + watermark {sc.watermark}, memory_high {sc.high}, max {sc.max}"
+    )
+    if not service_key_supported("shed"):
+        out.notes.append("this oomguard has no [service.X.shed] (lane shed not merged)")
+        return out
     scratch = mount / f"bench-pg-runaway-b-{os.getpid()}"
     scratch.mkdir()
     workdir = cluster.base / "oomguard"
@@ -286,7 +295,7 @@ def runaway_table(outcomes: Sequence[Outcome]) -> str:
 
 
 def inside_runaway(args: argparse.Namespace, mount: Path) -> int:
-    sc = RunawayScenario(args.mib, args.high, args.max, args.scale)
+    sc = RunawayScenario(args.mib, args.watermark, args.high, args.max, args.scale)
     outcomes: list[Outcome] = []
     for kind in args.layouts.split(","):
         cluster = Cluster.create()
@@ -345,6 +354,7 @@ def run(argv: Sequence[str]) -> int:
         "--layouts", default="U,A,B", help="runaway: U (no limit), A (plain), B (oomguard)"
     )
     ap.add_argument("--mib", type=int, default=SCENARIO.mib, help="runaway: the session's MiB")
+    ap.add_argument("--watermark", default=SCENARIO.watermark, help="runaway: primary watermark")
     ap.add_argument("--high", default=SCENARIO.high, help="runaway: primary memory_high")
     ap.add_argument("--max", default=SCENARIO.max, help="runaway: primary memory.max")
     ap.add_argument("--scale", type=int, default=SCENARIO.scale, help="runaway: pgbench -i -s")

@@ -422,15 +422,21 @@ def runaway_sql(mib: int, width: int = RUNAWAY_WIDTH) -> str:
 @dataclass(frozen=True)
 class RunawayScenario:
     """Issue 11's runaway session, sized: the session needs `mib` MiB of private memory; the
-    primary's slice has memory_high `high` below that and memory_max `max` above it. PostgreSQL
+    primary's slice has memory_high `high` below that and memory_max `max` above it, and
+    oomguard's `watermark` (where the shed rung starts) a little below `high`. PostgreSQL
     also holds a resident database (pgbench -i -s `scale`, written on tmpfs by PostgreSQL
     itself, so charged to its cgroup and unreclaimable without swap), and the session plus
     that database exceed `max`: in a plain cgroup with that memory.max the kernel must kill."""
 
     mib: int
+    watermark: str
     high: str
     max: str
     scale: int
+
+    def primary(self) -> dict[str, str]:
+        """The primary's overrides of the example config."""
+        return {"watermark": self.watermark, "memory_high": self.high, "memory_max": self.max}
 
 
 def prefill(cluster: Cluster, scale: int, *, timeout: float = 900.0) -> None:

@@ -57,7 +57,7 @@ pytestmark = [
 
 #: Smaller than the benchmark's (700 MiB, high 512M, max 768M) so that it fits CI under TCG:
 #: the session needs 400 MiB, memory_high 256M is below it, memory_max 448M above it.
-RUNAWAY = RunawayScenario(mib=400, high="256M", max="448M", scale=2)
+RUNAWAY = RunawayScenario(mib=400, watermark="224M", high="256M", max="448M", scale=2)
 LOAD_S = 60
 RESET_LINE = "terminating any other active server processes"
 
@@ -91,7 +91,7 @@ def runaway_config(cluster: Cluster) -> dict[str, Any]:
         {
             "oomguard": {"pressure": {"cooldown": "2s"}},
             "service": {
-                "postgres": {"memory_high": RUNAWAY.high, "memory_max": RUNAWAY.max},
+                "postgres": RUNAWAY.primary(),
             },
         },
     )
