@@ -29,6 +29,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from bench_postgres import _as_postgres, _spawn_in, cg_write, kill_cgroup
@@ -46,6 +47,9 @@ HOG_MIB = 900
 WATERMARK = "160M"
 PROBE_S = 0.05
 CHECKPOINT = re.compile(r"checkpoint complete: .*?total=([\d.]+) s", re.S)
+LOG_TS = r"(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+) UTC \[\d+\] LOG:  "
+STARTING = re.compile(LOG_TS + "starting PostgreSQL")
+READY = re.compile(LOG_TS + "database system is ready to accept connections")
 SHUTDOWN_CHECKPOINT = re.compile(
     r"checkpoint starting: shutdown.*?\n.*?checkpoint complete: wrote (\d+) buffers.*?"
     r"write=([\d.]+) s, sync=([\d.]+) s, total=([\d.]+) s"
@@ -63,6 +67,12 @@ class Restart:
     start: float
     #: oomguard's own figure (its `restarted` event), if any.
     reported: float | None = None
+    #: time.time() of the new postmaster's spawn.
+    spawned_at: float = 0.0
+    #: `start` split by the postmaster's log: spawn -> its first line ("starting PostgreSQL":
+    #: exec, dynamic linking, reading the config), that -> "ready to accept connections" (its
+    #: own start-up), that -> the probe that saw it (pg_isready's own start and the polling).
+    split: tuple[float, float, float] | None = None
 
     @property
     def total(self) -> float:
@@ -129,11 +139,13 @@ def hand(mount: Path, cluster: Cluster, rounds: int) -> Layout:
             if ready is None:
                 out.notes.append("PostgreSQL did not come back")
                 break
-            out.restarts.append(Restart(t1 - t0, t2 - t1, ready - t2))
+            out.restarts.append(Restart(t1 - t0, t2 - t1, ready - t2, spawned_at=t2))
         pg.send_signal(signal.SIGINT)
         with contextlib.suppress(subprocess.TimeoutExpired):
             pg.wait(60)
-        out.checkpoints = shutdown_checkpoints(logfile.read_text(errors="replace"))
+        text = logfile.read_text(errors="replace")
+        out.checkpoints = shutdown_checkpoints(text)
+        split_starts(out.restarts, text)
     finally:
         kill_cgroup(cgroup)
     return out
@@ -176,6 +188,7 @@ def with_oomguard(mount: Path, cluster: Cluster, rounds: int) -> Layout:
                 out.restarts.append(got)
             og.stop()
             out.checkpoints = shutdown_checkpoints(og.output())
+            split_starts(out.restarts, og.output())
     finally:
         kill_cgroup(scratch)
     return out
@@ -202,7 +215,28 @@ def _one_restart(og: Any, cluster: Cluster, n: int) -> Restart | None:
     stop = exits[0]["ts"] - restart["ts"]
     respawn = spawns[0]["ts"] - exits[0]["ts"]
     reported = restarted.get("downtime")
-    return Restart(stop, respawn, ready - spawns[0]["ts"], float(reported) if reported else None)
+    spawned = spawns[0]["ts"]
+    figure = float(reported) if reported else None
+    return Restart(stop, respawn, ready - spawned, figure, spawned_at=spawned)
+
+
+def _log_times(pattern: re.Pattern[str], text: str) -> list[float]:
+    return [
+        datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").replace(tzinfo=UTC).timestamp()
+        for m in pattern.finditer(text)
+    ]
+
+
+def split_starts(restarts: list[Restart], text: str) -> None:
+    """Fill each restart's `split` from the postmaster log."""
+    starting, ready = _log_times(STARTING, text), _log_times(READY, text)
+    for r in restarts:
+        spawned = r.spawned_at
+        first = next((t for t in starting if t >= spawned - 0.5), None)
+        up = next((t for t in ready if first is not None and t >= first), None)
+        if first is None or up is None:
+            continue
+        r.split = (first - spawned, up - first, spawned + r.start - up)
 
 
 def shutdown_checkpoints(text: str) -> list[tuple[int, float, float, float]]:
@@ -217,11 +251,19 @@ def _median(xs: list[float]) -> float:
     return s[len(s) // 2] if s else 0.0
 
 
+def _split(restarts: list[Restart]) -> str:
+    parts = [x.split for x in restarts if x.split is not None]
+    if not parts:
+        return "-"
+    return " / ".join(f"{_median([p[i] for p in parts]):.2f}" for i in range(3))
+
+
 def table(layouts: list[Layout]) -> str:
     rows = [
         "| layout | restarts | stop -> ready, each (s) | median | stop | respawn | start "
-        "| oomguard's downtime | shutdown checkpoints (buffers, total s) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| start: exec / init / probe | oomguard's downtime "
+        "| shutdown checkpoints (buffers/total s) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lay in layouts:
         r = lay.restarts
@@ -230,6 +272,7 @@ def table(layouts: list[Layout]) -> str:
             f"| {lay.name} | {len(r)} | {' '.join(f'{x.total:.2f}' for x in r) or '-'} | "
             f"{_median([x.total for x in r]):.2f} | {_median([x.stop for x in r]):.2f} | "
             f"{_median([x.respawn for x in r]):.2f} | {_median([x.start for x in r]):.2f} | "
+            f"{_split(r)} | "
             f"{' '.join(f'{x:.2f}' for x in reported) or '-'} | "
             f"{' '.join(f'{c[0]}/{c[3]:.2f}' for c in lay.checkpoints) or '-'} |"
         )
