@@ -52,6 +52,7 @@ from bench_postgres import (  # noqa: E402  (after the sys.path lines above)
 
 from tests.kernel.pg import (  # noqa: E402
     PG_PORT,
+    ChunkedLoad,
     Cluster,
     Runaway,
     RunawayResult,
@@ -76,7 +77,8 @@ SCENARIO = RunawayScenario(mib=700, watermark="448M", high="512M", max="768M", s
 #: guest's single vCPU), for long enough to see the runaway start and end.
 CLIENTS = 4
 RATE = 50
-LOAD_S = 90
+CHUNK_S = 10
+RUNAWAY_TIMEOUT_S = 1800
 RUNAWAY_AFTER_S = 3.0
 RESET_LINE = "terminating any other active server processes"
 SHUTDOWN_SHARED_BUFFERS = "256MB"
@@ -112,16 +114,18 @@ class Load:
     resident: int
 
 
-def runaway_under_load(cluster: Cluster, cgroup: Path, mib: int, seconds: int) -> Load:
-    """pgbench -c 4 -R 50 for `seconds` on PostgreSQL's own socket; RUNAWAY_AFTER_S into it,
-    the runaway session. Waits for both, then for PostgreSQL to answer, and counts the rows."""
+def runaway_under_load(cluster: Cluster, cgroup: Path, mib: int) -> Load:
+    """pgbench -c 4 -R 50 in 10 s runs on PostgreSQL's own socket; RUNAWAY_AFTER_S into it, the
+    runaway session; the load goes on until a full run after the session ended. Then waits for
+    PostgreSQL to answer, and counts the rows."""
     before = cluster.postmaster_pid()
-    bench = cluster.pgbench(seconds, clients=CLIENTS, port=PG_PORT, rate=RATE)
+    load = ChunkedLoad(cluster, chunk=CHUNK_S, clients=CLIENTS, rate=RATE).start()
     time.sleep(RUNAWAY_AFTER_S)
     resident = _current(cgroup)
-    runaway = Runaway.start(cluster, mib).wait(timeout=seconds * 10)
-    result = bench.result(timeout=seconds * 10)
+    runaway = Runaway.start(cluster, mib).wait(timeout=RUNAWAY_TIMEOUT_S)
     wait_for(lambda: cluster.ready(PG_PORT), 120, interval=0.5)
+    time.sleep(CHUNK_S)
+    result = load.stop()
     rows, _ = cluster.ledger()
     return Load(result, runaway, rows, before, cluster.postmaster_pid(), resident)
 
@@ -140,7 +144,7 @@ class Outcome:
 
 
 def plain_runaway(
-    mount: Path, cluster: Cluster, sc: RunawayScenario, seconds: int, *, limit: bool = True
+    mount: Path, cluster: Cluster, sc: RunawayScenario, *, limit: bool = True
 ) -> Outcome:
     """Layout A: PostgreSQL alone in one cgroup with memory.max `limit` (U: no limit, to
     measure what the session needs)."""
@@ -167,7 +171,7 @@ def plain_runaway(
             return out
         prefill(cluster, sc.scale)
         klog = KernelLog()
-        out.load = runaway_under_load(cluster, cgroup, sc.mib, seconds)
+        out.load = runaway_under_load(cluster, cgroup, sc.mib)
         out.victims = [comm for _, comm in klog.kills()]
         out.oom_kills = _events(cgroup).get("oom_kill", 0)
         out.reset = RESET_LINE in logfile.read_text(errors="replace")
@@ -190,7 +194,7 @@ def shed_config(base: Path, sc: RunawayScenario, **primary: Any) -> dict[str, An
     return config
 
 
-def oomguard_runaway(mount: Path, cluster: Cluster, sc: RunawayScenario, seconds: int) -> Outcome:
+def oomguard_runaway(mount: Path, cluster: Cluster, sc: RunawayScenario) -> Outcome:
     """Layout B: `oomguard run` with shed_config()."""
     from tests.kernel.support import start_run
 
@@ -213,7 +217,7 @@ def oomguard_runaway(mount: Path, cluster: Cluster, sc: RunawayScenario, seconds
                 return out
             prefill(cluster, sc.scale)
             klog = KernelLog()
-            out.load = runaway_under_load(cluster, og.cgroup("postgres"), sc.mib, seconds)
+            out.load = runaway_under_load(cluster, og.cgroup("postgres"), sc.mib)
             out.victims = [comm for _, comm in klog.kills()]
             out.oom_kills = _events(og.cgroup("postgres"), local=True).get("oom_kill", 0)
             out.reset = RESET_LINE in og.output()
@@ -302,18 +306,18 @@ def inside_runaway(args: argparse.Namespace, mount: Path) -> int:
         try:
             log(f"runaway, layout {kind}: {sc} under pgbench -c {CLIENTS} -R {RATE}")
             if kind == "B":
-                outcome = oomguard_runaway(mount, cluster, sc, args.seconds)
+                outcome = oomguard_runaway(mount, cluster, sc)
             else:
-                outcome = plain_runaway(mount, cluster, sc, args.seconds, limit=kind == "A")
+                outcome = plain_runaway(mount, cluster, sc, limit=kind == "A")
             log(f"  {outcome}")
             outcomes.append(outcome)
         finally:
             cluster.remove()
     print(
         f"\nLinux {os.uname().release}; runaway session: a {sc.mib} MiB in-memory sort in one "
-        f"query while pgbench -c {CLIENTS} -R {RATE} -T {args.seconds} inserts numbered ledger "
-        f"rows (straight to PostgreSQL's socket); resident database: pgbench -i -s {sc.scale}"
-        f"\n"
+        f"query while pgbench -c {CLIENTS} -R {RATE} (runs of {CHUNK_S} s from before the session "
+        f"until {CHUNK_S} s after it ended) inserts numbered ledger rows (straight to "
+        f"PostgreSQL's socket); resident database: pgbench -i -s {sc.scale}\n"
     )
     print(runaway_table(outcomes))
     for o in outcomes:
@@ -358,7 +362,6 @@ def run(argv: Sequence[str]) -> int:
     ap.add_argument("--high", default=SCENARIO.high, help="runaway: primary memory_high")
     ap.add_argument("--max", default=SCENARIO.max, help="runaway: primary memory.max")
     ap.add_argument("--scale", type=int, default=SCENARIO.scale, help="runaway: pgbench -i -s")
-    ap.add_argument("--seconds", type=int, default=LOAD_S, help="runaway: pgbench -T")
     ap.add_argument("--rounds", type=int, default=3, help="restart: restarts per layout")
     ap.add_argument("--vm-timeout", type=int, default=3600, help="guest time limit, seconds")
     ap.add_argument("--mem", default="3G", help="guest RAM (3G)")

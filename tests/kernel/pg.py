@@ -561,3 +561,49 @@ def pg_isready_argv(cluster_base: str, port: int = PG_PORT) -> list[str]:
         "-U",
         "postgres",
     ]
+
+
+@dataclass
+class ChunkedLoad:
+    """pgbench runs of `chunk` seconds back to back on `port`, from `start()` until `stop()`
+    (which lets the run under way finish): a load that covers an event whose moment is not
+    known in advance, such as the end of a runaway session. Each run opens `clients` new
+    sessions: a run that starts while PostgreSQL recovers reports its failed connections."""
+
+    cluster: Cluster
+    chunk: int = 10
+    clients: int = 4
+    rate: int = 50
+    port: int = PG_PORT
+    results: list[PgbenchResult] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> ChunkedLoad:
+        self._thread = threading.Thread(target=self._run, name="pgbench-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            run = self.cluster.pgbench(
+                self.chunk, clients=self.clients, port=self.port, rate=self.rate
+            )
+            result = run.result(timeout=self.chunk * 30)
+            self.results.append(result)
+            if result.processed == 0 and result.returncode != 0:
+                self._stop.wait(1.0)  # could not connect: do not spin
+
+    def stop(self) -> PgbenchResult:
+        """Stop after the run under way; every run's figures summed."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.chunk * 40)
+        return PgbenchResult(
+            returncode=max((r.returncode for r in self.results), default=0),
+            processed=sum(r.processed for r in self.results),
+            failed=sum(r.failed for r in self.results),
+            aborted_clients=sum(r.aborted_clients for r in self.results),
+            wall=sum(r.wall for r in self.results),
+            output="\n".join(r.output for r in self.results if not r.ok)[-6000:],
+        )
