@@ -116,17 +116,28 @@ def _load(cluster: Cluster, seconds: int) -> PgbenchRun:
     return cluster.pgbench(seconds, clients=4, port=PG_PORT, rate=50)
 
 
-def hand(mount: Path, cluster: Cluster, rounds: int) -> Layout:
-    out = Layout("hand: bare postgres, SIGINT / wait / start / pg_isready")
-    cgroup = mount / f"bench-pg-restart-hand-{os.getpid()}"
-    cgroup.mkdir()
+def _start(cgroup: Path | None, argv: list[str], logfile: Path) -> subprocess.Popen[bytes]:
+    if cgroup is not None:
+        return _spawn_in(cgroup, argv, logfile, dict(os.environ))
+    with logfile.open("ab") as f:
+        return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, cwd="/")
+
+
+def hand(mount: Path | None, cluster: Cluster, rounds: int) -> Layout:
+    """The hand restart in a plain cgroup under `mount`, or with no cgroup at all (None: e.g.
+    natively on a host without a cgroup2 memory controller, for what PostgreSQL costs without
+    an emulated CPU)."""
+    where = "plain cgroup" if mount is not None else f"no cgroup, native {os.uname().release}"
+    out = Layout(f"hand: bare postgres ({where}), SIGINT / wait / start")
+    cgroup = None if mount is None else mount / f"bench-pg-restart-hand-{os.getpid()}"
+    if cgroup is not None:
+        cgroup.mkdir()
     bindir = pg_bin()
     assert bindir is not None
     argv = _as_postgres([str(bindir / "postgres"), "-D", str(cluster.pgdata)])
     logfile = cluster.base / "postgres-hand.log"
-    env = dict(os.environ)
     try:
-        pg = _spawn_in(cgroup, argv, logfile, env)
+        pg = _start(cgroup, argv, logfile)
         if poll_ready(cluster, None) is None:
             out.notes.append("PostgreSQL did not start")
             return out
@@ -138,7 +149,7 @@ def hand(mount: Path, cluster: Cluster, rounds: int) -> Layout:
             pg.send_signal(signal.SIGINT)
             pg.wait(120)
             t1 = time.time()
-            pg = _spawn_in(cgroup, argv, logfile, env)
+            pg = _start(cgroup, argv, logfile)
             t2 = time.time()
             ready = poll_ready(cluster, old)
             load.result(timeout=300)
@@ -153,7 +164,8 @@ def hand(mount: Path, cluster: Cluster, rounds: int) -> Layout:
         out.checkpoints = shutdown_checkpoints(text)
         split_starts(out.restarts, text)
     finally:
-        kill_cgroup(cgroup)
+        if cgroup is not None:
+            kill_cgroup(cgroup)
     return out
 
 
@@ -285,13 +297,18 @@ def table(layouts: list[Layout]) -> str:
     return "\n".join(rows)
 
 
-def inside_restart(args: argparse.Namespace, mount: Path) -> int:
+def inside_restart(args: argparse.Namespace, mount: Path | None) -> int:
+    """Both layouts under `mount`; with None, only the hand restart, without a cgroup."""
     layouts: list[Layout] = []
-    for fn in (hand, with_oomguard):
+    for kind in ("hand", "oomguard") if mount is not None else ("hand",):
         cluster = prepare()
         try:
-            log(f"{fn.__name__}: {args.rounds} restarts")
-            layouts.append(fn(mount, cluster, args.rounds))
+            log(f"{kind}: {args.rounds} restarts")
+            if kind == "hand":
+                layouts.append(hand(mount, cluster, args.rounds))
+            else:
+                assert mount is not None
+                layouts.append(with_oomguard(mount, cluster, args.rounds))
             log(f"  {layouts[-1]}")
         finally:
             cluster.remove()

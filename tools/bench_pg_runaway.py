@@ -353,7 +353,11 @@ def inside(args: argparse.Namespace) -> int:
 def run(argv: Sequence[str]) -> int:
     ap = argparse.ArgumentParser(prog="bench_pg_runaway.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    ap.add_argument("--sections", default="runaway,restart", help="runaway,restart (both)")
+    ap.add_argument(
+        "--sections",
+        default="runaway,restart",
+        help="runaway,restart (both); restart-native: the hand restart alone, here, no cgroup",
+    )
     ap.add_argument(
         "--layouts", default="U,A,B", help="runaway: U (no limit), A (plain), B (oomguard)"
     )
@@ -370,6 +374,14 @@ def run(argv: Sequence[str]) -> int:
     command = ("python3 tools/bench_pg_runaway.py " + shlex.join(list(argv))).strip()
     if args.inside:
         return inside(args)
+    if args.sections == "restart-native":
+        # The hand restart only, here, with no cgroup: PostgreSQL's own figures on this
+        # machine's CPU, without the guest's emulation (needs root and PostgreSQL, no cgroup2).
+        from bench_pg_restart import inside_restart
+
+        rc = inside_restart(args, None)
+        print(f"\nCommand: `{command}` (native, {os.uname().release}, no cgroup)")
+        return rc
     if native_mount() is not None:
         rc = inside(args)
         print(f"\nCommand: `{command}` (native, {os.uname().release})")
