@@ -279,7 +279,7 @@ def _split(restarts: list[Restart]) -> str:
 def table(layouts: list[Layout]) -> str:
     rows = [
         "| layout | restarts | stop -> ready, each (s) | median | stop | respawn | start "
-        "| start: exec / init / probe | oomguard's downtime "
+        "| start: exec / init / poll | oomguard's downtime "
         "| shutdown checkpoints (buffers/total s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -314,7 +314,7 @@ def inside_restart(args: argparse.Namespace, mount: Path | None) -> int:
             cluster.remove()
     print(
         f"\nLinux {os.uname().release}; controlled restart of PostgreSQL, shared_buffers "
-        f"{SHARED_BUFFERS}, under pgbench -c 4 -R 50; stop -> first pg_isready (median of "
+        f"{SHARED_BUFFERS}, under pgbench -c 4 -R 50; stop -> ready (median of "
         f"{args.rounds}); goal <= {GOAL_S:.0f} s\n"
     )
     print(table(layouts))
