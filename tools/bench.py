@@ -567,8 +567,7 @@ def bench_daemon(args: argparse.Namespace) -> int:
 def bench_runaway(args: argparse.Namespace) -> int:
     """Issue 11: a runaway PostgreSQL session in a plain cgroup (the kernel kills it, every
     session is reset) beside oomguard's shed rule (SIGTERM to that backend only)."""
-    sys.path.insert(0, str(REPO / "tools"))
-    import bench_pg_runaway
+    from tools import bench_pg_runaway
 
     return int(bench_pg_runaway.run(["--sections", "runaway"]))
 
@@ -577,8 +576,7 @@ def bench_runaway(args: argparse.Namespace) -> int:
 def bench_restart(args: argparse.Namespace) -> int:
     """Issue 11: PostgreSQL's controlled restart (shared_buffers 256MB), stop -> pg_isready,
     beside the same restart done by hand on a bare postgres."""
-    sys.path.insert(0, str(REPO / "tools"))
-    import bench_pg_runaway
+    from tools import bench_pg_runaway
 
     return int(bench_pg_runaway.run(["--sections", "restart"]))
 

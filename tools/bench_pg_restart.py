@@ -1,6 +1,6 @@
 """Issue 11, acceptance 2: a controlled restart of PostgreSQL (shared_buffers 256MB, under load),
-from the stop to the first successful pg_isready. Part of tools/bench_pg_runaway.py (`--sections
-restart`; `tools/bench.py --only restart`).
+from the stop to ready. Part of tools/bench_pg_runaway.py (`--sections restart`; `python3 -m
+tools.bench --only restart`).
 
 Two layouts in the same run, ROUNDS restarts each, with pgbench -c 4 -R 50 inserting ledger
 rows all along (so the shutdown checkpoint has dirty buffers to write):
@@ -35,9 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from bench_postgres import _as_postgres, _spawn_in, cg_write, kill_cgroup
-
 from tests.kernel.pg import PG_PORT, Cluster, PgbenchRun, Runaway, example_config, pg_bin
+from tools.bench_postgres import _as_postgres, _spawn_in, cg_write, kill_cgroup
 
 if TYPE_CHECKING:
     import argparse

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Issue 11's PostgreSQL acceptance, measured (`tools/bench.py --only runaway,restart`, or run
-this file): on a real cgroup v2 kernel with real PostgreSQL 15.
+"""Issue 11's PostgreSQL acceptance, measured (`python3 -m tools.bench --only runaway,restart`,
+or `python3 -m tools.bench_pg_runaway`): on a real cgroup v2 kernel with real PostgreSQL 15.
 
 runaway  One psql session aggregates RUNAWAY_MIB MiB in one query (pg.runaway_sql: one
          string_agg, the backend grows by exactly that) while pgbench -c 4 inserts one
@@ -36,21 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-REPO = Path(__file__).resolve().parent.parent
-for _p in (str(REPO), str(REPO / "tools")):
-    if _p not in sys.path:
-        sys.path.insert(0, _p)
-
-from bench_postgres import (  # noqa: E402  (after the sys.path lines above)
-    KernelLog,
-    _as_postgres,
-    _spawn_in,
-    cg_write,
-    kill_cgroup,
-    native_mount,
-)
-
-from tests.kernel.pg import (  # noqa: E402
+from tests.kernel.pg import (
     PG_PORT,
     ChunkedLoad,
     Cluster,
@@ -63,6 +49,16 @@ from tests.kernel.pg import (  # noqa: E402
     prefill,
     service_key_supported,
 )
+from tools.bench_postgres import (
+    KernelLog,
+    _as_postgres,
+    _spawn_in,
+    cg_write,
+    kill_cgroup,
+    native_mount,
+)
+
+REPO = Path(__file__).resolve().parent.parent
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -344,7 +340,7 @@ def inside(args: argparse.Namespace) -> int:
     if "runaway" in args.sections:
         rc = max(rc, inside_runaway(args, mount))
     if "restart" in args.sections:
-        from bench_pg_restart import inside_restart
+        from tools.bench_pg_restart import inside_restart
 
         rc = max(rc, inside_restart(args, mount))
     return rc
@@ -371,13 +367,13 @@ def run(argv: Sequence[str]) -> int:
     ap.add_argument("--mem", default="3G", help="guest RAM (3G)")
     ap.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(list(argv))
-    command = ("python3 tools/bench_pg_runaway.py " + shlex.join(list(argv))).strip()
+    command = ("python3 -m tools.bench_pg_runaway " + shlex.join(list(argv))).strip()
     if args.inside:
         return inside(args)
     if args.sections == "restart-native":
         # The hand restart only, here, with no cgroup: PostgreSQL's own figures on this
         # machine's CPU, without the guest's emulation (needs root and PostgreSQL, no cgroup2).
-        from bench_pg_restart import inside_restart
+        from tools.bench_pg_restart import inside_restart
 
         rc = inside_restart(args, None)
         print(f"\nCommand: `{command}` (native, {os.uname().release}, no cgroup)")
@@ -396,7 +392,8 @@ def run(argv: Sequence[str]) -> int:
         args.mem,
         "--",
         sys.executable,
-        str(Path(__file__).resolve()),
+        "-m",
+        "tools.bench_pg_runaway",
         "--inside",
         *argv,
     ]
