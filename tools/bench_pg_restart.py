@@ -105,7 +105,8 @@ def poll_ready(cluster: Cluster, not_pid: int | None, timeout: float = 120.0) ->
 
 
 def prepare() -> Cluster:
-    cluster = Cluster.create(shared_buffers=SHARED_BUFFERS)
+    # init-db.sh in a guest on a loaded host took more than the default 300 s.
+    cluster = Cluster.create(shared_buffers=SHARED_BUFFERS, timeout=1200)
     with (cluster.pgdata / "postgresql.conf").open("a") as f:
         f.write("log_checkpoints = on    # bench_pg_restart: what the shutdown checkpoint costs\n")
     return cluster

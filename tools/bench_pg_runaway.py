@@ -298,7 +298,7 @@ def inside_runaway(args: argparse.Namespace, mount: Path) -> int:
     sc = RunawayScenario(args.mib, args.watermark, args.high, args.max, args.scale)
     outcomes: list[Outcome] = []
     for kind in args.layouts.split(","):
-        cluster = Cluster.create()
+        cluster = Cluster.create(timeout=1200)  # init-db.sh: > 300 s in a loaded guest
         try:
             log(f"runaway, layout {kind}: {sc} under pgbench -c {CLIENTS} -R {RATE}")
             if kind == "B":
