@@ -108,6 +108,10 @@ class Load:
     postmaster_after: int | None
     #: memory.current of PostgreSQL's cgroup just before the runaway session started (bytes).
     resident: int
+    #: pgbench runs, and those that exited non-zero (cut short, or could not connect: a run
+    #: that starts while PostgreSQL recovers fails to connect and counts no transaction).
+    runs: int = 0
+    bad_runs: int = 0
 
 
 def runaway_under_load(cluster: Cluster, cgroup: Path, mib: int) -> Load:
@@ -123,7 +127,9 @@ def runaway_under_load(cluster: Cluster, cgroup: Path, mib: int) -> Load:
     time.sleep(CHUNK_S)
     result = load.stop()
     rows, _ = cluster.ledger()
-    return Load(result, runaway, rows, before, cluster.postmaster_pid(), resident)
+    bad = sum(1 for r in load.results if r.returncode != 0)
+    after = cluster.postmaster_pid()
+    return Load(result, runaway, rows, before, after, resident, len(load.results), bad)
 
 
 @dataclass
@@ -274,12 +280,12 @@ def runaway_table(outcomes: Sequence[Outcome]) -> str:
         "| layout | kernel OOM kills | postmaster pid before -> after | all sessions reset "
         "| PostgreSQL before the runaway "
         "| shed events | runaway session | runaway peak RssAnon | PostgreSQL memory.peak "
-        "| pgbench failed / aborted | commits | rows |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| pgbench failed tx / aborted clients | pgbench runs failed | commits | rows |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes:
         if o.load is None:
-            rows.append(f"| {o.layout} | - | - | - | - | not run: {'; '.join(o.notes)} |||||")
+            rows.append(f"| {o.layout} | - | - | - | - | not run: {'; '.join(o.notes)} ||||||")
             continue
         ld = o.load
         victims = f" ({', '.join(o.victims)})" if o.victims else ""
@@ -289,7 +295,8 @@ def runaway_table(outcomes: Sequence[Outcome]) -> str:
             f"{len(o.shed)} | "
             f"{runaway_end(ld.runaway)} in {ld.runaway.wall:.1f} s | "
             f"{ld.runaway.peak_anon >> 20} MiB | {o.peak >> 20} MiB | {ld.pgbench.failed} / "
-            f"{ld.pgbench.aborted_clients} | {ld.pgbench.processed} | {ld.rows} |"
+            f"{ld.pgbench.aborted_clients} | {ld.bad_runs}/{ld.runs} | {ld.pgbench.processed} | "
+            f"{ld.rows} |"
         )
     return "\n".join(rows)
 
