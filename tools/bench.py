@@ -567,6 +567,24 @@ def bench_daemon(args: argparse.Namespace) -> int:
     return 0
 
 
+@section("runaway")
+def bench_runaway(args: argparse.Namespace) -> int:
+    """Issue 11: a runaway PostgreSQL session in a plain cgroup (the kernel kills it, every
+    session is reset) beside oomguard's shed rule (SIGTERM to that backend only)."""
+    from tools import bench_pg_runaway
+
+    return int(bench_pg_runaway.run(["--sections", "runaway"]))
+
+
+@section("restart")
+def bench_restart(args: argparse.Namespace) -> int:
+    """Issue 11: PostgreSQL's controlled restart (shared_buffers 256MB), stop -> pg_isready,
+    beside the same restart done by hand on a bare postgres."""
+    from tools import bench_pg_runaway
+
+    return int(bench_pg_runaway.run(["--sections", "restart"]))
+
+
 # ----------------------------------------------------------------------------- main
 
 

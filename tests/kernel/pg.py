@@ -170,6 +170,17 @@ class Cluster:
             return None
         return int(first) if first.strip().isdigit() else None
 
+    def postmaster_status(self) -> str | None:
+        """Line 8 of postmaster.pid: "starting", "stopping", "ready" or "standby" (None without
+        one). The postmaster writes "ready" when it starts accepting connections, the moment
+        pg_isready would first succeed; pg_ctl waits on this line too. Reading it costs no
+        process, where each pg_isready is an exec (~0.5 s of CPU in the emulated test guest)."""
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().split("\n")
+        except FileNotFoundError:
+            return None
+        return lines[7].strip() if len(lines) > 7 else None
+
     def ready(self, port: int = PG_PORT, timeout: float = 2.0) -> bool:
         """pg_isready: the server accepts connections."""
         try:
@@ -396,3 +407,214 @@ class AckWriter:
                 self.errors.append(stderr.strip()[-500:])
             # Between sessions: the server is restarting; do not spin.
             self._stop.wait(0.2)
+
+
+# -- the runaway session (issue 11) ----------------------------------------------------------
+
+#: Width of one row of the runaway query. Its sort holds every row in memory (work_mem is set
+#: far above the total), so the backend grows by about the bytes sorted, steadily, one row per
+#: executor tuple with a CHECK_FOR_INTERRUPTS between two (SIGTERM ends it at once), and keeps
+#: all of it until the count is done; no final copy doubles it (string_agg's result is copied
+#: once more by its final function: 2x the aggregated size at the end).
+RUNAWAY_WIDTH = 8192
+
+
+def runaway_sql(mib: int, width: int = RUNAWAY_WIDTH) -> str:
+    """One query whose backend holds about `mib` MiB of private memory at its peak: a count
+    over an in-memory sort of `mib` MiB of rows."""
+    rows = (mib << 20) // width
+    return (
+        "SET work_mem = '2GB';\n"
+        # The outer query reads `pad`: the planner replaces a subquery's unused output columns
+        # by NULLs, and would sort bare integers.
+        f"SELECT count(*), sum(length(pad)) FROM (SELECT g, repeat('x', {width}) AS pad "
+        f"FROM generate_series(1, {rows}) g ORDER BY g DESC) s;"
+    )
+
+
+@dataclass(frozen=True)
+class RunawayScenario:
+    """Issue 11's runaway session, sized: the session needs `mib` MiB of private memory; the
+    primary's slice has memory_high `high` below that and memory_max `max` above it, and
+    oomguard's `watermark` (where the shed rung starts) a little below `high`. PostgreSQL
+    also holds a resident database (pgbench -i -s `scale`, written on tmpfs by PostgreSQL
+    itself, so charged to its cgroup and unreclaimable without swap), and the session plus
+    that database exceed `max`: in a plain cgroup with that memory.max the kernel must kill."""
+
+    mib: int
+    watermark: str
+    high: str
+    max: str
+    scale: int
+
+    def primary(self) -> dict[str, str]:
+        """The primary's overrides of the example config."""
+        return {"watermark": self.watermark, "memory_high": self.high, "memory_max": self.max}
+
+
+def prefill(cluster: Cluster, scale: int, *, timeout: float = 900.0) -> None:
+    """pgbench -i -s `scale` into the bench database (the resident data of RunawayScenario)."""
+    proc = subprocess.run(
+        [
+            _tool("pgbench"), "-i", "-q", "-s", str(scale), "-h", str(cluster.sockets),
+            "-p", str(PG_PORT), "-U", "postgres", "bench",
+        ],
+        capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(f"pgbench -i failed ({proc.returncode}): {proc.stderr[-2000:]}")
+
+
+def rss_anon(pid: int) -> int:
+    """RssAnon of a process in bytes (0 once it is gone): the backend's private memory, which
+    is what the runaway query grows (shared_buffers is RssShmem, not counted here)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    m = re.search(r"^RssAnon:\s+(\d+) kB", status, re.M)
+    return int(m.group(1)) << 10 if m else 0
+
+
+@dataclass
+class RunawayResult:
+    returncode: int
+    output: str
+    backend_pid: int
+    #: The largest RssAnon of the backend seen while the query ran (sampled every 0.1 s).
+    peak_anon: int
+    wall: float
+
+    @property
+    def completed(self) -> bool:
+        return self.returncode == 0
+
+
+@dataclass
+class Runaway:
+    """One psql session: it prints its backend's pid, then runs `runaway_sql(mib)`. A thread
+    samples the backend's RssAnon until the session ends."""
+
+    proc: subprocess.Popen[str]
+    backend_pid: int
+    started: float
+    peak_anon: int = 0
+    _thread: threading.Thread | None = None
+
+    @classmethod
+    def start(cls, cluster: Cluster, mib: int, *, port: int = PG_PORT) -> Runaway:
+        proc = subprocess.Popen(
+            cluster.psql_argv(port=port),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write("SELECT pg_backend_pid();\n" + runaway_sql(mib) + "\n")
+        proc.stdin.close()
+        first = proc.stdout.readline().strip()
+        if not first.isdigit():
+            proc.kill()
+            rest = proc.communicate()[0]
+            raise AssertionError(f"runaway session did not start: {first!r} {rest!r}")
+        run = cls(proc, int(first), time.monotonic())
+        run._thread = threading.Thread(target=run._sample, name="runaway-rss", daemon=True)
+        run._thread.start()
+        return run
+
+    def _sample(self) -> None:
+        while self.proc.poll() is None:
+            self.peak_anon = max(self.peak_anon, rss_anon(self.backend_pid))
+            time.sleep(0.1)
+
+    def current_anon(self) -> int:
+        return rss_anon(self.backend_pid)
+
+    def wait(self, timeout: float = 600.0) -> RunawayResult:
+        assert self.proc.stdout is not None
+        try:
+            rc = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            rc = self.proc.wait()
+        out = self.proc.stdout.read()
+        self.proc.stdout.close()
+        if self._thread is not None:
+            self._thread.join(5)
+        wall = time.monotonic() - self.started
+        return RunawayResult(rc, out, self.backend_pid, self.peak_anon, wall)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def service_key_supported(key: str) -> bool:
+    """Whether this oomguard's config knows `[service.X.<key>]` (e.g. "shed", "ready")."""
+    try:
+        from oomguard.config.model import ServiceConfig
+    except ImportError:
+        return False
+    return key in ServiceConfig.model_fields
+
+
+def pg_isready_argv(cluster_base: str, port: int = PG_PORT) -> list[str]:
+    """pg_isready for PostgreSQL's own socket under `cluster_base` (as in the example)."""
+    return [
+        _tool("pg_isready"),
+        "-q",
+        "-h",
+        f"{cluster_base}/run",
+        "-p",
+        str(port),
+        "-U",
+        "postgres",
+    ]
+
+
+@dataclass
+class ChunkedLoad:
+    """pgbench runs of `chunk` seconds back to back on `port`, from `start()` until `stop()`
+    (which lets the run under way finish): a load that covers an event whose moment is not
+    known in advance, such as the end of a runaway session. Each run opens `clients` new
+    sessions: a run that starts while PostgreSQL recovers reports its failed connections."""
+
+    cluster: Cluster
+    chunk: int = 10
+    clients: int = 4
+    rate: int = 50
+    port: int = PG_PORT
+    results: list[PgbenchResult] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> ChunkedLoad:
+        self._thread = threading.Thread(target=self._run, name="pgbench-load", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            run = self.cluster.pgbench(
+                self.chunk, clients=self.clients, port=self.port, rate=self.rate
+            )
+            result = run.result(timeout=self.chunk * 30)
+            self.results.append(result)
+            if result.processed == 0 and result.returncode != 0:
+                self._stop.wait(1.0)  # could not connect: do not spin
+
+    def stop(self) -> PgbenchResult:
+        """Stop after the run under way; every run's figures summed."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(self.chunk * 40)
+        return PgbenchResult(
+            returncode=max((r.returncode for r in self.results), default=0),
+            processed=sum(r.processed for r in self.results),
+            failed=sum(r.failed for r in self.results),
+            aborted_clients=sum(r.aborted_clients for r in self.results),
+            wall=sum(r.wall for r in self.results),
+            output="\n".join(r.output for r in self.results if not r.ok)[-6000:],
+        )
