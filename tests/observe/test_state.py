@@ -123,12 +123,14 @@ def test_a_reader_never_sees_a_partial_file_while_a_writer_is_killed(tmp_path: P
     try:
         reads: list[int] = []
         deadline = time.monotonic() + 30
-        while len(reads) < 300 and time.monotonic() < deadline:
+        # At least 300 reads and two documents: on a slow disk 300 reads can all fall between
+        # two of the writer's renames.
+        while (len(reads) < 300 or len(set(reads)) < 2) and time.monotonic() < deadline:
             data = read_state(tmp_path)
             if data is not None:
                 assert data["pad"] == "x" * (data["i"] % 5000)
                 reads.append(data["i"])
-        assert len(reads) == 300
+        assert len(reads) >= 300
         assert len(set(reads)) > 1  # the writer really was rewriting while we read
     finally:
         writer.kill()
