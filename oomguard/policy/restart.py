@@ -569,6 +569,25 @@ def _backoff_elapsed(rec: Record) -> Result:
     return _request_spawn(new, "restart", reason=_last_exit_reason(rec))
 
 
+def _exit_event(rec: Record, info: ExitInfo | None, now: float, error: str | None) -> Action:
+    """The event that records an unplanned end: a failed spawn, or an exit."""
+    if error is not None:
+        return _emit(rec, "spawn_failed", message=error, attempt=rec.attempt)
+    assert info is not None
+    uptime = now - rec.started_at if rec.started_at is not None else None
+    # Always "exit" (with oom_killed=true when it was one): the supervisor logs the kernel's
+    # kill itself as "oom_kill" from memory.events, with the figures; one event per kill.
+    return _emit(
+        rec,
+        "exit",
+        pid=rec.pid,
+        was=rec.state.value,
+        requested=rec.stop_reason == "not_ready",
+        uptime=None if uptime is None else round(uptime, 3),
+        **info.fields(),
+    )
+
+
 def _restart_policy(
     params: RestartParams,
     rec: Record,
@@ -581,25 +600,7 @@ def _restart_policy(
     """STARTING/RUNNING (or STOPPING for oom_cleanup) --unplanned exit--> EXITED, FATAL or
     BACKOFF, by the restart policy documented at the top of this module."""
     was_running = rec.running_since is not None
-    uptime = now - rec.started_at if rec.started_at is not None else None
-    actions: list[Action] = []
-    if error is not None:
-        actions.append(_emit(rec, "spawn_failed", message=error, attempt=rec.attempt))
-    else:
-        assert info is not None
-        # Always "exit" (with oom_killed=true when it was one): the supervisor logs the kernel's
-        # kill itself as "oom_kill" from memory.events, with the figures; one event per kill.
-        actions.append(
-            _emit(
-                rec,
-                "exit",
-                pid=rec.pid,
-                was=rec.state.value,
-                requested=rec.stop_reason == "not_ready",
-                uptime=None if uptime is None else round(uptime, 3),
-                **info.fields(),
-            )
-        )
+    actions = [_exit_event(rec, info, now, error)]
     down_since = rec.down_since
     if down_since is None and was_running:
         down_since = now  # a serving service just went down: the outage starts now
