@@ -70,12 +70,6 @@ class Job:
 def hand_off(job: Job) -> int:
     """Become the daemon running `job` (same pid); never returns unless the exec failed, and
     then runs the job here and returns its exit status."""
-    if os.getpid() == 1:
-        # As PID 1 the job runs in this process, pydantic and all: with the hand-off, the Docker
-        # entrypoint's scenario (tests/kernel/test_entrypoint.py) stalled after starting two of
-        # its three services, twice, and passed with it off. Not understood yet; until it is,
-        # a container's init keeps the behaviour that test proves.
-        return run_job(job)
     fd = _job_fd(job)
     argv = daemon_argv(fd)
     sys.stdout.flush()

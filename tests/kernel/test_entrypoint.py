@@ -280,6 +280,9 @@ def test_docker_entrypoint_as_pid1_reaps_orphans_and_stops_in_reverse_order_on_s
         wait_until(running, "every service RUNNING with its traps set", context)
         # PID 1 is oomguard, running the entrypoint's arguments.
         assert cmdline(og)[-len(args) :] == args, (cmdline(og), args)
+        # ... as the daemon the validating start handed its plan to: no pydantic resident.
+        assert "--plan-fd" in cmdline(og), cmdline(og)
+        assert "pydantic_core" not in Path(f"/proc/{og}/maps").read_text()
 
         # Orphans: re-parented to PID 1 (oomguard), and reaped by it when they exit.
         trigger.touch()
