@@ -14,7 +14,7 @@ event              hook                    the action, right after
 =================  ======================  ==============================================
 
 "Before" is an order, not a wait: the action does not wait for the hook, which runs alongside
-(through `runtime/hookrunner.py`: its exit watched by its pidfd from the loop, its whole
+(through `runtime/oneshot.py`: its exit watched by its pidfd from the loop, its whole
 process group SIGKILLed at ``timeout``). A hook that fails, hangs or cannot start is logged, never
 raised. At most one instance of each hook runs at a time: an event while the previous one still
 runs is logged (``hook_skipped``) and has no hook, so a storm of events cannot pile up processes.
@@ -57,7 +57,7 @@ _KEY = re.compile(r"[^A-Z0-9_]")
 
 
 class HookResult(Protocol):
-    """How a hook run ended (`runtime.hookrunner.HookResult`)."""
+    """How a hook run ended (`runtime.oneshot.OneshotResult`)."""
 
     @property
     def ok(self) -> bool: ...
@@ -68,7 +68,7 @@ class HookResult(Protocol):
 
 
 class HookRunner(Protocol):
-    """Runs a short command under a timeout (`runtime.hookrunner.HookRunner`): its owner calls
+    """Runs a short command under a timeout (`runtime.oneshot.OneshotRunner`): its owner calls
     `tick` once `deadline` has passed (the timeouts), and `close` at the end."""
 
     def deadline(self) -> float | None: ...

@@ -264,15 +264,15 @@ class Supervisor:
             ext.setup(ctx)
 
     def _setup_hooks(self, spec: HooksSpec) -> None:
-        """``[hooks]``: started from `emit` (runtime/hooks.py) through a runner of their own
-        (pidfd-watched, killed at the timeout); the runner's timeouts are served like an
-        extension's."""
+        """``[hooks]``: started from `emit` (runtime/hooks.py) through a `OneshotRunner`
+        (pidfd-watched, killed at the timeout, its status collected by the one reaper whichever
+        path sees the exit); the runner's timeouts are served like an extension's."""
         if not spec.commands:
             return
-        from oomguard.runtime.hookrunner import HookRunner
         from oomguard.runtime.hooks import Hooks
+        from oomguard.runtime.oneshot import OneshotRunner
 
-        runner = HookRunner(self.loop.add, self.loop.remove, clock=self.clock)
+        runner = OneshotRunner(self.loop, self.reaper, clock=self.clock)
         self.hooks = Hooks(spec, runner, self.log)
         self.extensions.append(self.hooks)
         self.log.info("hooks", hooks=",".join(spec.commands), timeout=f"{spec.timeout:g}s")

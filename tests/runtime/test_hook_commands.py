@@ -1,6 +1,6 @@
-"""runtime/hookrunner.py on the host: a hook that exits is collected with its status, one that
-hangs is killed with its whole group at its timeout, one that cannot start says why; nothing
-is left running."""
+"""Hooks run through runtime/oneshot.py on the host: a hook that exits is collected with its
+status, one that hangs is killed with its whole group at its timeout, one that cannot start
+says why; nothing is left running."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import sys
 import time
 from typing import TYPE_CHECKING
 
-from oomguard.runtime.hookrunner import HookResult, HookRunner
 from oomguard.runtime.launcher import LaunchSpec
+from oomguard.runtime.oneshot import OneshotResult, OneshotRunner
+from oomguard.runtime.reaper import Reaper
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -47,7 +48,9 @@ def spec(*argv: str) -> LaunchSpec:
     return LaunchSpec(name="hook:test", argv=argv, env={"PATH": os.environ["PATH"]}, cwd="/")
 
 
-def until(loop: Loop, runner: HookRunner, done: list[HookResult], seconds: float = 20) -> None:
+def until(
+    loop: Loop, runner: OneshotRunner, done: list[OneshotResult], seconds: float = 20
+) -> None:
     deadline = time.monotonic() + seconds
     while not done and time.monotonic() < deadline:
         loop.turn()
@@ -65,7 +68,7 @@ def alive(pid: int) -> bool:
 
 def test_an_exiting_hook_is_collected_with_its_status() -> None:
     loop, done = Loop(), []
-    runner = HookRunner(loop.add, loop.remove)
+    runner = OneshotRunner(loop, Reaper(subreaper=False))
     child = runner.run(spec("/bin/sh", "-c", "exit 3"), None, timeout=10, on_done=done.append)
     assert child is not None
     until(loop, runner, done)
@@ -78,7 +81,7 @@ def test_an_exiting_hook_is_collected_with_its_status() -> None:
 
 def test_a_hanging_hook_is_killed_with_its_group_at_its_timeout(tmp_path: Path) -> None:
     loop, done = Loop(), []
-    runner = HookRunner(loop.add, loop.remove)
+    runner = OneshotRunner(loop, Reaper(subreaper=False))
     marker = tmp_path / "grandchild"
     script = f"trap '' TERM; sleep 600 & echo $! > {marker}; wait"
     started = time.monotonic()
@@ -99,7 +102,7 @@ def test_a_hanging_hook_is_killed_with_its_group_at_its_timeout(tmp_path: Path) 
 
 def test_a_hook_that_cannot_start_says_why() -> None:
     loop, done = Loop(), []
-    runner = HookRunner(loop.add, loop.remove)
+    runner = OneshotRunner(loop, Reaper(subreaper=False))
     assert runner.run(spec("/nonexistent/hook"), None, timeout=5, on_done=done.append) is None
     (result,) = done
     assert result.outcome == "failed_to_start" and result.error
@@ -108,7 +111,7 @@ def test_a_hook_that_cannot_start_says_why() -> None:
 
 def test_close_kills_what_still_runs_without_a_result() -> None:
     loop, done = Loop(), []
-    runner = HookRunner(loop.add, loop.remove)
+    runner = OneshotRunner(loop, Reaper(subreaper=False))
     child = runner.run(spec(sys.executable, "-c", "import time; time.sleep(600)"), None,
                        timeout=60, on_done=done.append)  # fmt: skip
     assert child is not None
